@@ -1,0 +1,19 @@
+# p2rec: LLM-enhanced sequential recommendation benchmark. Thin by design: logic lives in src/p2rec.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

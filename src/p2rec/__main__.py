@@ -1,0 +1,3 @@
+from p2rec.cli import main
+
+raise SystemExit(main())

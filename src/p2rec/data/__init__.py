@@ -1,0 +1,1 @@
+"""Datasets: reading, synthetic generation, raw-source preparation and the leave-one-out split."""

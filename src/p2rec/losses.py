@@ -1,0 +1,65 @@
+"""Training losses over a tied item table.
+
+``chunked_softmax_ce`` is the full-softmax cross-entropy computed in row chunks with the gradient
+written by hand: it never materialises the [positions x items] logit matrix for autograd, which on a
+2-core CPU halves the cost of an epoch (the logits are recomputed chunk by chunk in the backward pass).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, table, targets, chunk):
+        n = hidden.shape[0]
+        lse = torch.empty(n, dtype=hidden.dtype, device=hidden.device)
+        for s in range(0, n, chunk):
+            logits = hidden[s:s + chunk] @ table.T
+            logits[:, 0] = -math.inf  # padding id is never a class
+            lse[s:s + chunk] = torch.logsumexp(logits, 1)
+        target_logit = (hidden * table[targets]).sum(1)
+        ctx.save_for_backward(hidden, table, targets, lse)
+        ctx.chunk = chunk
+        return (lse - target_logit).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, table, targets, lse = ctx.saved_tensors
+        n = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden)
+        grad_table = torch.zeros_like(table)
+        scale = grad_out / n
+        for s in range(0, n, ctx.chunk):
+            h = hidden[s:s + ctx.chunk]
+            logits = h @ table.T
+            logits[:, 0] = -math.inf
+            prob = torch.exp_(logits.sub_(lse[s:s + ctx.chunk, None]))  # softmax, in place
+            prob[torch.arange(len(h), device=h.device), targets[s:s + ctx.chunk]] -= 1
+            prob.mul_(scale)
+            grad_hidden[s:s + ctx.chunk] = prob @ table
+            grad_table.addmm_(prob.T, h)
+        return grad_hidden, grad_table, None, None
+
+
+def chunked_softmax_ce(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ table.T`` against ``targets`` (column 0 = padding, excluded)."""
+    return _ChunkedSoftmaxCE.apply(hidden, table, targets, chunk)
+
+
+class FastDropout(nn.Module):
+    """Inverted dropout from a uniform draw: same distribution as nn.Dropout, ~2x faster on CPU
+    (``bernoulli_`` dominated the profile of a training step)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep / (1.0 - self.p)

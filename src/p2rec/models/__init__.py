@@ -1,0 +1,1 @@
+"""Sequential backbones behind one interface (see :mod:`p2rec.models.base`)."""

@@ -1,0 +1,20 @@
+"""The one registry of backbones: name -> class (each class carries its ``defaults``).
+
+Adding a backbone = one module with a :class:`~p2rec.models.base.SequentialBackbone` subclass, plus one
+line here; its name then works in ``config.yaml`` under ``backbones``.
+"""
+from __future__ import annotations
+
+from p2rec.models.base import SequentialBackbone
+from p2rec.models.sasrec import SASRec
+
+BACKBONES: dict[str, type[SequentialBackbone]] = {
+    "sasrec": SASRec,
+}
+
+
+def build_backbone(name: str, num_items: int, hidden: int, max_len: int, **params) -> SequentialBackbone:
+    cls = BACKBONES[name]
+    kwargs = dict(cls.defaults)
+    kwargs.update(params)
+    return cls(num_items=num_items, hidden=hidden, max_len=max_len, **kwargs)

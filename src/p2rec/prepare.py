@@ -1,0 +1,69 @@
+"""Stage 'prepare': turn a catalog entry into ``sequences.txt`` + ``stats.json`` (+ ``truth.tsv``).
+
+Standard files are verified against the checksum and statistics the catalog declares; a difference is
+an error that names the numbers, never a silent use of a changed file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from p2rec import P2RecError
+from p2rec.data.sequences import SequenceData, format_sequences, read_sequences, sequence_stats
+from p2rec.io import atomic_path, sha256_file, write_json, write_text
+
+
+def resolve_data_file(entry: dict, data_dir: str | Path, name: str) -> Path:
+    path = Path(entry["file"])
+    if not path.is_absolute():
+        if not Path(data_dir).is_dir():
+            raise P2RecError(f"config key 'data_dir': folder '{data_dir}' does not exist (needed by dataset '{name}')")
+        path = Path(data_dir) / path
+    return path
+
+
+def check_expected(name: str, stats: dict, expected: dict) -> None:
+    diffs = [f"{key}: expected {want}, found {stats[key]}" for key, want in expected.items() if stats[key] != want]
+    if diffs:
+        raise P2RecError(f"dataset '{name}': statistics differ from catalog.{name}.expected: " + "; ".join(diffs))
+
+
+def prepare_dataset(name: str, entry: dict, data_dir: str | Path, raw_dir: str | Path, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    truth: np.ndarray | None = None
+    input_sha = None
+    source = entry["source"]
+    if source == "synthetic":
+        from p2rec.data.synthetic import generate
+
+        users, sequences, truth = generate(core=entry.get("core", 5), **entry.get("synthetic", {}))
+        data = SequenceData(users, sequences, int(max(s.max() for s in sequences)))
+    elif source == "sequences":
+        path = resolve_data_file(entry, data_dir, name)
+        if not path.exists():
+            raise P2RecError(f"dataset '{name}': file '{path}' not found (config keys 'data_dir' and 'catalog.{name}.file')")
+        input_sha = sha256_file(path)
+        if entry.get("sha256") and entry["sha256"] != input_sha:
+            raise P2RecError(f"dataset '{name}': {path} has sha256 {input_sha}, catalog.{name}.sha256 declares "
+                             f"{entry['sha256']}; the file changed (restore it or update the checksum)")
+        data = read_sequences(path, short_users=entry.get("short_users", "drop"))
+    else:
+        from p2rec.data.raw import RAW_SOURCES
+
+        if source not in RAW_SOURCES:
+            raise P2RecError(f"config key 'catalog.{name}.source': no preparer for source '{source}'")
+        users, sequences, input_sha = RAW_SOURCES[source](entry, Path(raw_dir), name)
+        data = SequenceData(users, sequences, int(max(s.max() for s in sequences)))
+    stats = sequence_stats(data)
+    stats.update({"dataset": name, "source": source, "input_sha256": input_sha})
+    if entry.get("expected"):
+        check_expected(name, stats, entry["expected"])
+    with atomic_path(out_dir / "sequences.txt") as tmp:
+        tmp.write_text(format_sequences(data.users, data.sequences), encoding="utf-8")
+    rows = ["item,category"]
+    if truth is not None:
+        rows += [f"{i},{c}" for i, c in enumerate(truth) if i > 0]
+    write_text(out_dir / "truth.tsv", "\n".join(rows) + "\n")
+    write_json(out_dir / "stats.json", stats)
+    return stats

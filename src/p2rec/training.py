@@ -1,0 +1,222 @@
+"""Backbone training: every position of a sequence in one causal pass, early stopping on validation,
+one test evaluation with the best-validation weights, and resumable checkpoints.
+
+Randomness is re-seeded from (seed, epoch) at the start of every epoch, so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from p2rec import P2RecError, __version__
+from p2rec.data.split import LeaveOneOut
+from p2rec.evaluation import full_ranking, metrics_from_ranks, pad_left
+from p2rec.io import atomic_path
+from p2rec.losses import chunked_softmax_ce
+from p2rec.models.base import SequentialBackbone
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise P2RecError(f"config key 'train.device': '{name}' requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def training_pairs(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """The last ``max_len + 1`` training items of every user with at least two (input -> next item)."""
+    return [s[-(max_len + 1):] for s in train if len(s) >= 2]
+
+
+def make_batches(pairs: list[np.ndarray], batch_size: int, rng: np.random.Generator, bucket: bool = True):
+    """Shuffled batches. With ``bucket``, users of similar length share a batch (sorted inside windows of
+    50 batches, then the batch order is shuffled): batches are padded only to their longest sequence,
+    so this removes most padding work without a fixed batch composition."""
+    order = rng.permutation(len(pairs))
+    if bucket:
+        window = 50 * batch_size
+        lengths = np.array([len(p) for p in pairs])
+        order = np.concatenate([w[np.argsort(lengths[w], kind="stable")]
+                                for w in np.array_split(order, max(1, -(-len(order) // window)))])
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,
+                  device: torch.device) -> torch.Tensor:
+    seqs = pad_left(batch, model.max_len + 1).to(device)
+    inputs, targets = seqs[:, :-1], seqs[:, 1:]
+    hidden = model(inputs)
+    valid = targets > 0
+    h = hidden[valid]  # [P, d] one row per real (input prefix, next item) pair
+    y = targets[valid]
+    table = model.item_table()
+    if loss == "ce":
+        return chunked_softmax_ce(h, table, y)
+    if loss == "bce":
+        neg = torch.randint(1, model.num_items + 1, y.shape, device=device)
+        neg = torch.where(neg == y, neg % model.num_items + 1, neg)
+        pos_logit = (h * table[y]).sum(-1)
+        neg_logit = (h * table[neg]).sum(-1)
+        return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
+            F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+    if loss == "sampled":
+        neg = torch.randint(1, model.num_items + 1, (n_negatives,), device=device)
+        pos_logit = (h * table[y]).sum(-1, keepdim=True)
+        neg_logit = h @ table[neg].T
+        neg_logit = neg_logit.masked_fill(neg.view(1, -1) == y.view(-1, 1), -math.inf)  # accidental hits
+        logits = torch.cat([pos_logit, neg_logit], 1)
+        return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=device))
+    raise P2RecError(f"config key 'train.loss': unknown loss '{loss}' (ce, bce, sampled)")
+
+
+@dataclass
+class TrainResult:
+    valid: dict
+    test: dict
+    test_ranks: np.ndarray
+    best_epoch: int
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+
+
+def _evaluate(model, split: LeaveOneOut, stage: str, settings: dict, device, candidates=None):
+    model.eval()
+    ranks = full_ranking(model.score_last, split.inputs(stage), split.targets(stage), model.max_len,
+                         mask_history=settings["eval"]["mask_history"],
+                         batch_size=settings["train"]["eval_batch_size"], device=device, candidates=candidates)
+    return ranks
+
+
+def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict, seed: int,
+                   checkpoint_path: str | Path | None = None, candidates: dict | None = None,
+                   progress: bool = True) -> TrainResult:
+    """Train with early stopping on validation ``eval.select_metric``; test once with the best weights."""
+    tr, ev = settings["train"], settings["eval"]
+    device = resolve_device(tr["device"])
+    if tr.get("threads"):
+        torch.set_num_threads(tr["threads"])
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+    pairs = training_pairs(split.train, model.max_len)
+    if not pairs:
+        raise P2RecError("no user has two or more training items: nothing to train on")
+    select = ev["select_metric"]
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [], "best_state": None,
+             "train_seconds": 0.0, "eval_seconds": 0.0}
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+    if checkpoint_path and checkpoint_path.exists():
+        try:
+            ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            state = ckpt["state"]
+        except Exception as err:  # a truncated or foreign file must not be trusted
+            raise P2RecError(f"{checkpoint_path}: unreadable checkpoint ({type(err).__name__}: {err}); "
+                             f"delete it to start the run over") from None
+        if progress:
+            print(f"resuming from {checkpoint_path} after epoch {state['epoch']}", flush=True)
+    valid_candidates = candidates.get("valid") if candidates else None
+    bar = tqdm(total=tr["epochs"], initial=state["epoch"], desc="epochs", disable=not progress, unit="ep")
+    while state["epoch"] < tr["epochs"] and state["bad"] < tr["patience"]:
+        epoch = state["epoch"]
+        seed_everything(seed * 100_003 + epoch)
+        model.train()
+        batches = make_batches(pairs, tr["batch_size"], np.random.default_rng([seed, epoch]), tr["bucket"])
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        for idx in batches:
+            batch = [pairs[i] for i in idx]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_on_batch(model, batch, tr["loss"], tr["n_negatives"], device)
+            if not torch.isfinite(loss):
+                raise P2RecError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower train.lr")
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            count += len(batch)
+        _sync(device)
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = metrics_from_ranks(_evaluate(model, split, "valid", settings, device, valid_candidates), ev["ks"])
+        _sync(device)
+        eval_s = time.perf_counter() - t0
+        state["train_seconds"] += train_s
+        state["eval_seconds"] += eval_s
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, "train_loss": total / count, "train_seconds": train_s,
+                                 "eval_seconds": eval_s, **{f"valid_{k}": v for k, v in metrics.items()}})
+        if metrics[select] > state["best"]:
+            state.update(best=metrics[select], best_epoch=epoch + 1, bad=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / count:.4f}", **{select: f"{metrics[select]:.4f}"},
+                        best=f"{state['best']:.4f}@{state['best_epoch']}")
+        if checkpoint_path and (state["epoch"] % tr["checkpoint_every"] == 0):
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, tmp)
+    bar.close()
+    model.load_state_dict(state["best_state"])
+    valid_ranks = _evaluate(model, split, "valid", settings, device, valid_candidates)
+    t0 = time.perf_counter()
+    test_ranks = _evaluate(model, split, "test", settings, device, candidates.get("test") if candidates else None)
+    _sync(device)
+    test_eval_s = time.perf_counter() - t0
+    epochs = state["epoch"]
+    timing = {
+        "epochs": epochs,
+        "best_epoch": state["best_epoch"],
+        "train_seconds": state["train_seconds"],
+        "seconds_per_epoch": state["train_seconds"] / max(epochs, 1),
+        "eval_seconds_per_pass": state["eval_seconds"] / max(epochs, 1),
+        "test_eval_seconds": test_eval_s,
+        "training_sequences": len(pairs),
+        "device": str(device),
+        **environment(device),
+    }
+    return TrainResult(valid=metrics_from_ranks(valid_ranks, ev["ks"]), test=metrics_from_ranks(test_ranks, ev["ks"]),
+                       test_ranks=test_ranks, best_epoch=state["best_epoch"], epochs=epochs,
+                       history=state["history"], timing=timing)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def environment(device: torch.device | None = None) -> dict:
+    info = {
+        "p2rec": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

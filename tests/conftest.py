@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny datasets written to temporary files, the repo root, the standard data folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def standard_data_dir() -> Path:
+    return Path(os.environ.get("P2REC_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def require_standard_data() -> Path:
+    """The standard files; skipped visibly off this team's machines, but a failure in CI."""
+    path = standard_data_dir()
+    if not (path / "beauty" / "Beauty.txt").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"standard data not found under {path} (set P2REC_DATA_DIR)")
+        pytest.skip(f"standard data not found under {path} (set P2REC_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def write_lines(tmp_path):
+    def _write(lines, name="data.txt"):
+        path = tmp_path / name
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def tiny_sequences():
+    rng = np.random.default_rng(0)
+    users = np.arange(1, 41)
+    seqs = [rng.choice(np.arange(1, 31), size=rng.integers(5, 12), replace=False) for _ in users]
+    return users, seqs
