@@ -3,6 +3,7 @@ import json
 import re
 
 from p2rec.config import train_settings, validate_config
+from p2rec.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on resources.gpu devices of its own
 
 config.update(validate_config(config))
 

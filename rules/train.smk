@@ -17,6 +17,8 @@ rule train_backbone:
     log:
         "results/logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log",
     shell:
-        "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {wildcards.seed}"
-        " --out-dir results/runs/{wildcards.dataset}/{wildcards.backbone}/{wildcards.variant}/seed{wildcards.seed}"
-        " {params.init} --no-progress > {log} 2>&1"
+        gpu_job(
+            "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {wildcards.seed}"
+            " --out-dir results/runs/{wildcards.dataset}/{wildcards.backbone}/{wildcards.variant}/seed{wildcards.seed}"
+            " {params.init} --no-progress > {log} 2>&1"
+        )

@@ -14,6 +14,7 @@ from p2rec import P2RecError
 
 STAGE_MODULES = [
     "p2rec.commands",  # prepare, train, gather, check-config
+    "p2rec.gpu_lease",  # lease (run a command on N GPUs of its own)
 ]
 
 

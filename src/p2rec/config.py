@@ -47,6 +47,9 @@ def validate_config(config: dict) -> dict:
     """Validate ``config`` against the schema and the registries; return a copy with defaults filled."""
     schema = load_schema()
     config = copy.deepcopy(dict(config))
+    # `snakemake --config 'seeds=[1,2]'` hands list items over as strings
+    if isinstance(config.get("seeds"), list):
+        config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in config["seeds"]]
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:

@@ -6,10 +6,16 @@ line here; its name then works in ``config.yaml`` under ``backbones``.
 from __future__ import annotations
 
 from p2rec.models.base import SequentialBackbone
+from p2rec.models.caser import Caser
+from p2rec.models.fmlp import FMLPRec
+from p2rec.models.gru4rec import GRU4Rec
 from p2rec.models.sasrec import SASRec
 
 BACKBONES: dict[str, type[SequentialBackbone]] = {
     "sasrec": SASRec,
+    "gru4rec": GRU4Rec,
+    "caser": Caser,
+    "fmlprec": FMLPRec,
 }
 
 
