@@ -7,8 +7,13 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/pretrain.smk"
+include: "rules/llm.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"
 

@@ -36,7 +36,8 @@ def run_metrics():
 
 
 def final_targets():
-    return run_metrics() + ["results/tables/main.md", "results/tables/main.csv"]
+    # report_targets: p2rec.tables via rules/report.smk (tables, plots); llm_targets: rules/llm.smk (parsed categories)
+    return run_metrics() + report_targets(config) + llm_targets()
 
 
 def settings_json(wildcards):

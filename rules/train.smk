@@ -20,5 +20,5 @@ rule train_backbone:
         gpu_job(
             "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {wildcards.seed}"
             " --out-dir results/runs/{wildcards.dataset}/{wildcards.backbone}/{wildcards.variant}/seed{wildcards.seed}"
-            " {params.init} --no-progress > {log} 2>&1"
+            " {params.init} --no-progress --record-failure {config[report][record_failures]} > {log} 2>&1"
         )

@@ -24,17 +24,35 @@ def register(sub) -> None:
     p.add_argument("--item-init", default=None, help=".npy item table [num_items+1, hidden]")
     p.add_argument("--save-item-table", default=None, help="write the trained item table here (.npy)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--record-failure", nargs="?", const="true", default="false", type=_flag, metavar="BOOL",
+                   help="on any error write a failed result (metrics.json status 'failed' + reason, empty "
+                        "placeholders for the other run files) and exit 0, so the tables show 'failed' "
+                        "(bare flag = true; the workflow passes report.record_failures)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("gather", help="collect run metrics into the main table (markdown + CSV)")
-    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of each run")
-    p.add_argument("--out-md", required=True)
-    p.add_argument("--out-csv", required=True)
+    p = sub.add_parser("gather", help="build the paper tables from the declared runs' files")
+    p.add_argument("--metrics", nargs="+", required=True,
+                   help="metrics.json of each run (its ranks.csv.gz, timing.json, config.json lie beside it)")
+    p.add_argument("--sft-timing", nargs="*", default=[], help="LLM timing files .../{dataset}/{variant}/timing.json (SFT) and extract_timing.json")
+    p.add_argument("--context", default=None,
+                   help="report context as JSON (grid order, eval protocol, report settings, llm) or a config file")
+    p.add_argument("--out-dir", required=True, help="folder for main.{md,csv,tex}, significance.csv, ...")
     p.set_defaults(func=_gather)
 
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults filled")
     p.add_argument("config")
     p.set_defaults(func=_check_config)
+
+
+def _flag(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _prepare(args):
@@ -47,15 +65,29 @@ def _prepare(args):
 def _train(args):
     from p2rec.runner import run_training
 
-    metrics = run_training(args.data, args.settings, args.seed, args.out_dir, item_init=args.item_init,
-                           save_item_table=args.save_item_table, progress=not args.no_progress)
+    try:
+        metrics = run_training(args.data, args.settings, args.seed, args.out_dir, item_init=args.item_init,
+                               save_item_table=args.save_item_table, progress=not args.no_progress)
+    except Exception as err:
+        if not args.record_failure:
+            raise
+        import traceback
+
+        from p2rec.tables import write_failed_run
+
+        traceback.print_exc()
+        reason = f"{type(err).__name__}: {err}"
+        write_failed_run(args.out_dir, args.seed, reason)
+        print(json.dumps({"status": "failed", "reason": reason}))
+        return 0
     print(json.dumps({"test": metrics["test"], "best_epoch": metrics["best_epoch"]}))
 
 
 def _gather(args):
-    from p2rec.tables import gather_main_table
+    from p2rec.tables import build_tables, read_context
 
-    gather_main_table(args.metrics, args.out_md, args.out_csv)
+    written = build_tables(args.metrics, args.out_dir, read_context(args.context), sft_timings=args.sft_timing)
+    print(json.dumps({"runs": len(args.metrics), "written": sorted(str(p) for p in written.values())}))
 
 
 def _check_config(args):

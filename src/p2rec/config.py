@@ -96,9 +96,10 @@ def _check_names(config: dict) -> None:
     for name, entry in config.get("catalog", {}).items():
         if entry["source"] != "synthetic" and not entry.get("file") and not entry.get("url"):
             problems.append(f"config key 'catalog.{name}': source '{entry['source']}' needs 'file'")
-        unknown_train = set(entry.get("train", {})) - set(load_schema()["properties"]["train"]["properties"])
-        if unknown_train:
-            problems.append(f"config key 'catalog.{name}.train': unknown key(s) {sorted(unknown_train)}")
+        # per-dataset overrides obey the train section's types and bounds (e.g. max_len >= 1), no defaults
+        override_schema = {k: v for k, v in load_schema()["properties"]["train"].items() if k != "default"}
+        for err in jsonschema.Draft202012Validator(override_schema).iter_errors(entry.get("train", {})):
+            problems.append(f"config key '{_key_path(['catalog', name, 'train', *err.absolute_path])}': {err.message}")
     if problems:
         raise P2RecError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -112,3 +113,58 @@ def train_settings(config: dict, dataset: str, backbone: str) -> dict:
     model = dict(BACKBONES[backbone].defaults)
     model.update(config.get("backbone_params", {}).get(backbone, {}))
     return {"train": settings, "model": model, "eval": dict(config["eval"]), "backbone": backbone}
+
+
+def _section_errors(schema: dict, instance: Any, prefix: list) -> list[str]:
+    schema = {k: v for k, v in schema.items() if k != "default"}
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    return [f"config key '{_key_path([*prefix, *e.absolute_path])}': {e.message}" for e in errors]
+
+
+def validate_catalog_entry(name: str, entry: Any) -> dict:
+    """One catalog entry as the prepare stage receives it (the CLI takes it as JSON): the same schema
+    checks as the config, defaults filled; errors name ``catalog.<name>.<key>``."""
+    schema = load_schema()["properties"]["catalog"]["additionalProperties"]
+    problems = _section_errors(schema, entry, ["catalog", name])
+    if problems:  # one line: the CLI prints it as `p2rec prepare: error: ...`
+        raise P2RecError("invalid configuration: " + "; ".join(problems))
+    entry = copy.deepcopy(entry)
+    _fill_defaults(schema, entry)
+    if entry["source"] not in ("synthetic",) and not entry.get("file") and not entry.get("url"):
+        raise P2RecError(f"config key 'catalog.{name}.file': source '{entry['source']}' needs 'file'")
+    return entry
+
+
+def check_settings(settings: Any) -> dict:
+    """The resolved settings of one training run as the train stage receives them (the CLI takes them as
+    JSON): train/eval sections checked against the schema (defaults filled), backbone and its parameters
+    against the registry. Keys are named as in the config (``train.*`` may come from
+    ``catalog.<dataset>.train``, ``model.*`` from ``backbone_params.<backbone>``)."""
+    from p2rec.models.registry import BACKBONES
+
+    if not isinstance(settings, dict):
+        raise P2RecError(f"training settings: expected a JSON object, got {type(settings).__name__}")
+    props = load_schema()["properties"]
+    settings = copy.deepcopy(settings)
+    problems = [f"training settings: unknown key '{k}' (known: backbone, train, eval, model)"
+                for k in sorted(set(settings) - {"backbone", "train", "eval", "model"})]
+    backbone = settings.get("backbone")
+    if backbone not in BACKBONES:
+        problems.append(f"config key 'backbones': unknown backbone {backbone!r} (known: {', '.join(sorted(BACKBONES))})")
+    for section in ("train", "eval"):
+        settings.setdefault(section, {})
+        problems += _section_errors(props[section], settings[section], [section])
+    model = settings.setdefault("model", {})
+    if not isinstance(model, dict):
+        problems.append(f"config key 'backbone_params.{backbone}': expected a mapping, got {type(model).__name__}")
+    elif backbone in BACKBONES:
+        unknown = sorted(set(model) - set(BACKBONES[backbone].defaults))
+        if unknown:
+            problems.append(f"config key 'backbone_params.{backbone}': unknown parameter(s) {unknown} "
+                            f"(known: {sorted(BACKBONES[backbone].defaults)})")
+    if problems:  # one line: the CLI prints it as `p2rec train: error: ...`
+        raise P2RecError("invalid training settings: " + "; ".join(problems))
+    for section in ("train", "eval"):
+        _fill_defaults(props[section], settings[section])
+    settings["model"] = {**BACKBONES[backbone].defaults, **model}
+    return settings

@@ -17,24 +17,49 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from p2rec import P2RecError
+
+_UMASK = os.umask(0o022)  # read the process umask once (mkstemp would create 0600 files)
+os.umask(_UMASK)
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents); failure is an error naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise P2RecError(f"{path}: cannot create the output folder ({err.strerror or err})") from err
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
+    """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds.
+
+    On any failure the temporary file is removed; an OS error (read-only folder, disk full) becomes a
+    :class:`~p2rec.P2RecError` naming ``target``.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+    ensure_dir(target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+    except OSError as err:
+        raise P2RecError(f"{target}: cannot write in {target.parent} ({err.strerror or err})") from err
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             if tmp_path.is_dir():
                 shutil.rmtree(tmp_path)
             else:
                 tmp_path.unlink()
+        if isinstance(err, OSError):
+            raise P2RecError(f"{target}: cannot write ({err.strerror or err}); nothing was written") from err
         raise
 
 
@@ -42,15 +67,21 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; it replaces ``target`` (a directory) if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    ensure_dir(target.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        raise P2RecError(f"{target}: cannot write in {target.parent} ({err.strerror or err})") from err
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise P2RecError(f"{target}: cannot write ({err.strerror or err}); nothing was written") from err
         raise
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from p2rec import P2RecError
+from p2rec.config import validate_catalog_entry
 from p2rec.data.sequences import SequenceData, format_sequences, read_sequences, sequence_stats
 from p2rec.io import atomic_path, sha256_file, write_json, write_text
 
@@ -33,6 +34,7 @@ def prepare_dataset(name: str, entry: dict, data_dir: str | Path, raw_dir: str |
     out_dir = Path(out_dir)
     truth: np.ndarray | None = None
     input_sha = None
+    entry = validate_catalog_entry(name, entry)  # the CLI gets entries as JSON: same checks as the config
     source = entry["source"]
     if source == "synthetic":
         from p2rec.data.synthetic import generate
@@ -49,12 +51,12 @@ def prepare_dataset(name: str, entry: dict, data_dir: str | Path, raw_dir: str |
                              f"{entry['sha256']}; the file changed (restore it or update the checksum)")
         data = read_sequences(path, short_users=entry.get("short_users", "drop"))
     else:
-        from p2rec.data.raw import RAW_SOURCES
+        from p2rec.data.raw import RAW_SOURCES, sequence_data
 
         if source not in RAW_SOURCES:
             raise P2RecError(f"config key 'catalog.{name}.source': no preparer for source '{source}'")
         users, sequences, input_sha = RAW_SOURCES[source](entry, Path(raw_dir), name)
-        data = SequenceData(users, sequences, int(max(s.max() for s in sequences)))
+        data = sequence_data(users, sequences, entry.get("short_users", "drop"), name)
     stats = sequence_stats(data)
     stats.update({"dataset": name, "source": source, "input_sha256": input_sha})
     if entry.get("expected"):

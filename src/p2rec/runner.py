@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from p2rec import P2RecError
+from p2rec.config import check_settings
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import sample_negatives
-from p2rec.io import atomic_path, save_npy, write_json, write_ranks, write_text
+from p2rec.io import atomic_path, ensure_dir, save_npy, write_json, write_ranks, write_text
 from p2rec.models.registry import build_backbone
 from p2rec.training import seed_everything, train_backbone
 
@@ -32,7 +33,7 @@ def run_training(data_path: str | Path, settings: dict, seed: int, out_dir: str 
                  item_init: str | Path | None = None, save_item_table: str | Path | None = None,
                  progress: bool = True) -> dict:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = check_settings(settings)  # the CLI takes settings as JSON: same checks as the config
     started = time.perf_counter()
     data = read_sequences(data_path)
     split = leave_one_out(data)
@@ -44,9 +45,17 @@ def run_training(data_path: str | Path, settings: dict, seed: int, out_dir: str 
     candidates = None
     if settings["eval"]["mode"] == "sampled":
         # drawn once from a fixed seed (not per pass); the same file-level draw for every run of a dataset
-        negs = sample_negatives(data.sequences, data.num_items, settings["eval"]["n_sampled"],
-                                settings["eval"]["sampled_seed"])
+        try:
+            negs = sample_negatives(data.sequences, data.num_items, settings["eval"]["n_sampled"],
+                                    settings["eval"]["sampled_seed"])
+        except ValueError as err:
+            raise P2RecError(f"config key 'eval.n_sampled': {err} ({data_path})") from None
         candidates = {"valid": negs, "test": negs}
+    # inputs are checked: only now touch the run directory (and drop temp files of a killed attempt)
+    ensure_dir(out_dir)
+    for stale in out_dir.glob(".*.tmp*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
     result = train_backbone(model, split, settings, seed, checkpoint_path=out_dir / "checkpoint.pt",
                             candidates=candidates, progress=progress)
     write_ranks(out_dir / "ranks.csv.gz", split.users, result.test_ranks)

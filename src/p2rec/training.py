@@ -7,9 +7,12 @@ checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +104,23 @@ class TrainResult:
     timing: dict = field(default_factory=dict)
 
 
+def run_fingerprint(split: LeaveOneOut, settings: dict, seed: int, model: SequentialBackbone | None = None) -> str:
+    """What a checkpoint must match to be resumed: the data (split), every setting that changes the
+    numbers (not threads, device, eval batch size or checkpoint frequency) and the initial weights (so an
+    other item-init file is never resumed from)."""
+    neutral = {"threads", "device", "eval_batch_size", "checkpoint_every"}
+    relevant = {k: v for k, v in settings.items() if k != "train"}
+    relevant["train"] = {k: v for k, v in settings["train"].items() if k not in neutral}
+    digest = hashlib.sha256(json.dumps([relevant, seed], sort_keys=True, default=str).encode())
+    for part in (*split.train, split.valid_target, split.test_target, split.users):
+        digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    for name, tensor in (model.state_dict().items() if model is not None else ()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _evaluate(model, split: LeaveOneOut, stage: str, settings: dict, device, candidates=None):
     model.eval()
     ranks = full_ranking(model.score_last, split.inputs(stage), split.targets(stage), model.max_len,
@@ -126,17 +146,30 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [], "best_state": None,
              "train_seconds": 0.0, "eval_seconds": 0.0}
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+    fingerprint = run_fingerprint(split, settings, seed, model) if checkpoint_path else None
     if checkpoint_path and checkpoint_path.exists():
         try:
             ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        except Exception as err:  # a truncated or foreign file must not be trusted
+            raise P2RecError(f"{checkpoint_path}: unreadable checkpoint ({type(err).__name__}: {err}); "
+                             f"delete it to start the run over") from None
+        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
+            # left by a killed run with other settings, seed or data: never resume from it
+            print(f"ignoring {checkpoint_path}: written by a run with other settings, seed or data; starting over",
+                  file=sys.stderr, flush=True)
+            ckpt = None
+    else:
+        ckpt = None
+    if ckpt is not None:
+        try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             state = ckpt["state"]
         except Exception as err:  # a truncated or foreign file must not be trusted
             raise P2RecError(f"{checkpoint_path}: unreadable checkpoint ({type(err).__name__}: {err}); "
                              f"delete it to start the run over") from None
-        if progress:
-            print(f"resuming from {checkpoint_path} after epoch {state['epoch']}", flush=True)
+        # always said (also with --no-progress): the run log must show that a rerun resumed
+        print(f"resuming from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr, flush=True)
     valid_candidates = candidates.get("valid") if candidates else None
     bar = tqdm(total=tr["epochs"], initial=state["epoch"], desc="epochs", disable=not progress, unit="ep")
     while state["epoch"] < tr["epochs"] and state["bad"] < tr["patience"]:
@@ -177,7 +210,8 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
                         best=f"{state['best']:.4f}@{state['best_epoch']}")
         if checkpoint_path and (state["epoch"] % tr["checkpoint_every"] == 0):
             with atomic_path(checkpoint_path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, tmp)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                            "fingerprint": fingerprint}, tmp)
     bar.close()
     model.load_state_dict(state["best_state"])
     valid_ranks = _evaluate(model, split, "valid", settings, device, valid_candidates)

@@ -42,7 +42,12 @@ class Caser(SequentialBackbone):
         self.drop = FastDropout(dropout)
         self.fc1 = nn.Linear(n_v * hidden + n_h * window, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
-        self.apply(self._init_weights)
+        self.apply(self._init_weights)  # the item table at the suite's common scale (init_std)
+        # fully connected layers with Xavier weights (as RecBole's Caser): from std 0.02 the model sits at the
+        # popularity solution for hundreds of steps; the convolutions keep PyTorch's default, as in the paper's code
+        for layer in (self.fc1, self.fc2, self.vertical):
+            if layer is not None:
+                nn.init.xavier_normal_(layer.weight)
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         seqs = seqs[:, -self.max_len:]

@@ -23,12 +23,15 @@ class GRU4Rec(SequentialBackbone):
         self.emb_drop = FastDropout(dropout)
         self.gru = nn.GRU(hidden, hidden, num_layers=num_layers, batch_first=True, bias=True)
         self.dense = nn.Linear(hidden, hidden)
-        self.apply(self._init_weights)
+        self.apply(self._init_weights)  # the item table at the suite's common scale (init_std)
+        # the inner layers as RecBole's GRU4Rec initialises them (Xavier): with the small item-table scale a
+        # std-0.02 output layer leaves the scores near zero for hundreds of steps
         for name, weight in self.gru.named_parameters():
             if name.startswith("weight"):
                 nn.init.xavier_uniform_(weight)
             else:
                 nn.init.zeros_(weight)
+        nn.init.xavier_normal_(self.dense.weight)
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         seqs = seqs[:, -self.max_len:]

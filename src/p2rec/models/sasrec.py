@@ -1,7 +1,8 @@
 """SASRec (Kang & McAuley, ICDM 2018): causal self-attention over the item sequence.
 
-Pre-norm blocks with a final LayerNorm as in the authors' code; padding positions are zeroed after
-every block (the original 'timeline mask'), so left padding never leaks into real positions.
+Pre-norm blocks with a final LayerNorm as in the authors' code. Attention is causal and never looks at
+padding keys (a padding query sees only itself, so no row is empty); padding positions are zeroed after
+every block. Scores therefore do not depend on how much left padding a batch carries.
 """
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ class _Block(nn.Module):
         self.norm_ffn = nn.LayerNorm(hidden, eps=1e-8)
         self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), FastDropout(dropout), nn.Linear(hidden, hidden))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q_in = self.norm_attn(x)
         # split + transpose (not a 5-d permute): its backward is a cheap concat, not a zero-fill
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(q_in).split(d, -1))
         attn = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         attn = attn.transpose(1, 2).reshape(b, t, d)
         x = q_in + self.drop(self.out(attn))
@@ -62,6 +63,10 @@ class SASRec(SequentialBackbone):
         positions = torch.arange(t - 1, -1, -1, device=seqs.device)
         x = self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(positions)
         x = self.emb_drop(x) * keep
+        real = seqs > 0
+        eye = torch.eye(t, dtype=torch.bool, device=seqs.device)
+        causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
+        mask = (causal & (real[:, None, :] | eye)).unsqueeze(1)  # [B, 1, T(query), T(key)]
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep, mask)
         return self.final_norm(x)

@@ -1,0 +1,170 @@
+# The LLM stages (METHOD.md section 4; docs/llm.md): categories -> SFT (user-level `p2rec`, instance-level
+# `instance`) -> extraction -> reduction to each backbone hidden size. Params hold only the llm settings
+# each rule reads plus a code version (p2rec.llm.settings), so backbone settings never rerun these rules.
+from p2rec.llm.settings import (
+    CODE_VERSIONS,
+    SFT_DIRS,
+    categories_settings,
+    extract_settings,
+    llm_config,
+    reduce_settings,
+    runtime_settings,
+    sft_settings,
+)
+
+SFT_MODE = {folder: mode for mode, folder in SFT_DIRS.items()}  # p2rec -> user, instance -> instance
+# options that never change a result: written into the command text, not params, so they trigger nothing
+LLM_RUNTIME = runtime_settings(config)
+LLM_SFT_OPTS = f"--checkpoint-every {LLM_RUNTIME['checkpoint_every']} --threads {LLM_RUNTIME['threads']}"
+LLM_EXTRACT_OPTS = f"--batch-size {LLM_RUNTIME['extract_batch_size']} --threads {LLM_RUNTIME['threads']}"
+
+
+wildcard_constraints:
+    sft=_alternatives(SFT_MODE),
+    hidden=r"\d+",
+
+
+def llm_model_input(wildcards):
+    """The converted packaged model folder (made by rule convert_llm), or nothing for a hub id / folder."""
+    if llm_config(config, wildcards.dataset)["model"] == "packaged":
+        return [config["llm"]["converted_dir"]]
+    return []
+
+
+def llm_model_arg(wildcards, input):
+    return input.model[0] if input.model else llm_config(config, wildcards.dataset)["model"]
+
+
+def llm_targets():
+    """Parsed-category evaluation of every configured LLM variant, and its table."""
+    files = [
+        f"results/llm/{d}/{v}/parse_eval.json" for d in config["datasets"] for v in config["variants"] if v in SFT_MODE
+    ]
+    return files + ["results/tables/categories.csv"] if files else []
+
+
+rule convert_llm:
+    output:
+        directory(config["llm"]["converted_dir"]),
+    params:
+        code_version=CODE_VERSIONS["convert"],
+    log:
+        "results/logs/llm/convert.log",
+    shell:
+        "{P2REC} convert-llm --out {output} > {log} 2>&1"
+
+
+rule llm_categories:
+    input:
+        data="results/data/{dataset}/sequences.txt",
+        table="results/pretrain/{dataset}/item_table.npy",
+    output:
+        categories="results/llm/{dataset}/categories/categories.npy",
+        g_u="results/llm/{dataset}/categories/g_u.npy",
+        users="results/llm/{dataset}/categories/users.txt",
+        summary="results/llm/{dataset}/categories/categories.json",
+    params:
+        settings=lambda w: json.dumps(categories_settings(config, w.dataset), sort_keys=True),
+        code_version=CODE_VERSIONS["categories"],
+    log:
+        "results/logs/llm/{dataset}/categories.log",
+    shell:
+        "{P2REC} categories --data {input.data} --item-table {input.table} --settings {params.settings:q}"
+        " --out-dir results/llm/{wildcards.dataset}/categories > {log} 2>&1"
+
+
+rule llm_sft:
+    input:
+        data="results/data/{dataset}/sequences.txt",
+        table="results/pretrain/{dataset}/item_table.npy",
+        categories="results/llm/{dataset}/categories/categories.npy",
+        g_u=lambda w: ["results/llm/{dataset}/categories/g_u.npy"] if SFT_MODE[w.sft] == "user" else [],
+        model=llm_model_input,
+    output:
+        adapter=directory("results/llm/{dataset}/{sft}/adapter"),
+        timing="results/llm/{dataset}/{sft}/timing.json",
+    params:
+        settings=lambda w: json.dumps(sft_settings(config, w.dataset, SFT_MODE[w.sft]), sort_keys=True),
+        mode=lambda w: SFT_MODE[w.sft],
+        g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
+        model=llm_model_arg,
+        code_version=CODE_VERSIONS["sft"],
+    resources:
+        gpu=1,
+    log:
+        "results/logs/llm/{dataset}/sft_{sft}.log",
+    shell:
+        gpu_job(
+            "{P2REC} sft --mode {params.mode} --data {input.data} --item-table {input.table}"
+            " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
+            " --out-dir results/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --no-progress > {log} 2>&1"
+        )
+
+
+rule llm_extract:
+    input:
+        adapter="results/llm/{dataset}/{sft}/adapter",
+        table="results/pretrain/{dataset}/item_table.npy",
+        model=llm_model_input,
+    output:
+        hidden="results/llm/{dataset}/{sft}/item_hidden.npy",
+        parsed="results/llm/{dataset}/{sft}/parsed_categories.npy",
+        timing="results/llm/{dataset}/{sft}/extract_timing.json",
+    params:
+        settings=lambda w: json.dumps(extract_settings(config, w.dataset), sort_keys=True),
+        model=llm_model_arg,
+        code_version=CODE_VERSIONS["extract"],
+    resources:
+        gpu=1,
+    log:
+        "results/logs/llm/{dataset}/extract_{sft}.log",
+    shell:
+        gpu_job(
+            "{P2REC} extract --adapter {input.adapter} --item-table {input.table} --model {params.model:q}"
+            " --settings {params.settings:q} --out-hidden {output.hidden} --out-parsed {output.parsed}"
+            " --out-timing {output.timing} {LLM_EXTRACT_OPTS} --no-progress > {log} 2>&1"
+        )
+
+
+rule llm_reduce:
+    input:
+        hidden="results/llm/{dataset}/{sft}/item_hidden.npy",
+        stats="results/data/{dataset}/stats.json",
+    output:
+        table="results/llm/{dataset}/{sft}/item_init_d{hidden}.npy",
+        info="results/llm/{dataset}/{sft}/item_init_d{hidden}.json",
+    params:
+        settings=lambda w: json.dumps(reduce_settings(w.hidden), sort_keys=True),
+        code_version=CODE_VERSIONS["reduce"],
+    log:
+        "results/logs/llm/{dataset}/reduce_{sft}_d{hidden}.log",
+    shell:
+        "{P2REC} reduce --input {input.hidden} --stats {input.stats} --settings {params.settings:q}"
+        " --out {output.table} --info {output.info} > {log} 2>&1"
+
+
+rule llm_parse_eval:
+    input:
+        categories="results/llm/{dataset}/categories/categories.npy",
+        parsed="results/llm/{dataset}/{sft}/parsed_categories.npy",
+        truth="results/data/{dataset}/truth.tsv",
+    output:
+        "results/llm/{dataset}/{sft}/parse_eval.json",
+    params:
+        code_version=CODE_VERSIONS["extract"],
+    log:
+        "results/logs/llm/{dataset}/parse_eval_{sft}.log",
+    shell:
+        "{P2REC} parse-eval --categories {input.categories} --parsed {input.parsed} --truth {input.truth}"
+        " --label {wildcards.dataset}/{wildcards.sft} --out {output} > {log} 2>&1"
+
+
+rule llm_parse_table:
+    input:
+        [f for f in llm_targets() if f.endswith("parse_eval.json")],
+    output:
+        "results/tables/categories.csv",
+    log:
+        "results/logs/tables/categories.log",
+    shell:
+        "{P2REC} parse-table --inputs {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,46 @@
+# Stage 0 (METHOD.md section 4): the collaborative recommender trained once per dataset on the training
+# split; its item table is shared by every LLM variant and backbone. Configured by `pretrain` only
+# (p2rec.llm.settings.pretrain_settings), so sweeping a downstream backbone setting never retrains it.
+from p2rec.llm.settings import CODE_VERSIONS, pretrain_settings, reduce_settings
+
+
+rule pretrain_backbone:
+    input:
+        data="results/data/{dataset}/sequences.txt",
+    output:
+        table="results/pretrain/{dataset}/item_table.npy",
+        metrics="results/pretrain/{dataset}/run/metrics.json",
+        timing="results/pretrain/{dataset}/run/timing.json",
+    params:
+        settings=lambda w: json.dumps(pretrain_settings(config, w.dataset), sort_keys=True),
+        seed=config["pretrain"]["seed"],
+        code_version=CODE_VERSIONS["pretrain"],
+    resources:
+        gpu=1,
+    log:
+        "results/logs/pretrain/{dataset}.log",
+    shell:
+        gpu_job(
+            "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {params.seed}"
+            " --out-dir results/pretrain/{wildcards.dataset}/run --save-item-table {output.table}"
+            " --no-progress > {log} 2>&1"
+        )
+
+
+# cf_init: the stage-0 table reduced exactly like the LLM embeddings (PCA + rescaling), so cf_init and
+# p2rec differ only in what is reduced.
+rule cf_init_table:
+    input:
+        table="results/pretrain/{dataset}/item_table.npy",
+        stats="results/data/{dataset}/stats.json",
+    output:
+        table="results/pretrain/{dataset}/item_init_d{hidden}.npy",
+        info="results/pretrain/{dataset}/item_init_d{hidden}.json",
+    params:
+        settings=lambda w: json.dumps(reduce_settings(w.hidden), sort_keys=True),
+        code_version=CODE_VERSIONS["reduce"],
+    log:
+        "results/logs/pretrain/{dataset}/reduce_d{hidden}.log",
+    shell:
+        "{P2REC} reduce --input {input.table} --stats {input.stats} --settings {params.settings:q}"
+        " --out {output.table} --info {output.info} > {log} 2>&1"

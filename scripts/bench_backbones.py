@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Speed of every registered backbone on one prepared dataset, measured side by side in one run.
+
+For each backbone (module defaults, cross-entropy, the trainer's batching): seconds per training epoch,
+seconds per full validation pass (all users, full ranking, history masked) and full-ranking throughput
+in users per second on the test inputs (all users). Repeats are interleaved across backbones (repeat 1 of
+every backbone, then repeat 2, ...), so load changes on a shared machine hit all backbones alike; the
+reported figures are medians over repeats.
+
+    python scripts/bench_backbones.py --data results/data/beauty/sequences.txt --max-len 50 \
+        --epochs-to-time 1 --repeat 3 --out results/bench/beauty
+
+writes ``<out>.csv`` and ``<out>.md`` and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2rec import P2RecError
+from p2rec.data.sequences import read_sequences
+from p2rec.data.split import leave_one_out
+from p2rec.evaluation import full_ranking
+from p2rec.io import write_text
+from p2rec.models.registry import BACKBONES, build_backbone
+from p2rec.training import environment, loss_on_batch, make_batches, resolve_device, seed_everything, training_pairs
+
+COLUMNS = ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_eval_sec", "users_per_sec",
+           "users", "training_sequences", "max_len", "repeats"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="prepared sequences.txt (results/data/<dataset>/sequences.txt)")
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--epochs-to-time", type=int, default=1, help="training epochs timed per repeat")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
+    p.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), help="default: every registered one")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    unknown = [b for b in args.backbones if b not in BACKBONES]
+    if unknown:
+        p.error(f"unknown backbone(s) {unknown}; registered: {sorted(BACKBONES)}")
+    if args.repeat < 1 or args.epochs_to_time < 1 or args.max_len < 1:
+        p.error("--repeat, --epochs-to-time and --max-len must be >= 1")
+    return args
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training(model, optimizer, pairs, batch_size: int, epochs: int, device, rng) -> float:
+    """Seconds per epoch of the trainer's loop (bucketed shuffled batches, CE, Adam)."""
+    model.train()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for idx in make_batches(pairs, batch_size, rng):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_on_batch(model, [pairs[i] for i in idx], "ce", 0, device)
+            loss.backward()
+            optimizer.step()
+    _sync(device)
+    return (time.perf_counter() - start) / epochs
+
+
+def time_evaluation(model, inputs, targets, max_len: int, batch_size: int, device) -> float:
+    model.eval()
+    _sync(device)
+    start = time.perf_counter()
+    full_ranking(model.score_last, inputs, targets, max_len, mask_history=True, batch_size=batch_size, device=device)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = read_sequences(args.data)
+    split = leave_one_out(data)
+    pairs = training_pairs(split.train, args.max_len)
+    if not pairs:
+        raise P2RecError(f"{args.data}: no user has two or more training items")
+    setups = {}
+    for name in args.backbones:
+        seed_everything(args.seed)
+        model = build_backbone(name, data.num_items, args.hidden, args.max_len).to(device)
+        setups[name] = (model, torch.optim.Adam(model.parameters(), lr=args.lr), np.random.default_rng(args.seed))
+    times = {name: {"train": [], "valid": [], "test": []} for name in args.backbones}
+    for rep in range(args.repeat):
+        for name, (model, optimizer, rng) in setups.items():
+            t = times[name]
+            t["train"].append(time_training(model, optimizer, pairs, args.batch_size, args.epochs_to_time, device, rng))
+            with torch.no_grad():
+                t["valid"].append(time_evaluation(model, split.inputs("valid"), split.targets("valid"), args.max_len,
+                                                  args.eval_batch_size, device))
+                t["test"].append(time_evaluation(model, split.inputs("test"), split.targets("test"), args.max_len,
+                                                 args.eval_batch_size, device))
+            print(f"repeat {rep + 1}/{args.repeat} {name}: epoch {t['train'][-1]:.2f}s, valid pass "
+                  f"{t['valid'][-1]:.3f}s, test pass {t['test'][-1]:.3f}s", file=sys.stderr, flush=True)
+    rows = []
+    users = len(split.users)
+    for name, (model, _, _) in setups.items():
+        t = {k: statistics.median(v) for k, v in times[name].items()}
+        rows.append({
+            "backbone": name,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "sec_per_epoch": round(t["train"], 4),
+            "valid_eval_sec": round(t["valid"], 4),
+            "test_eval_sec": round(t["test"], 4),
+            "users_per_sec": round(users / t["test"], 1),
+            "users": users,
+            "training_sequences": len(pairs),
+            "max_len": args.max_len,
+            "repeats": args.repeat,
+        })
+    return rows
+
+
+def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
+    lines = [
+        f"# Backbone speed on `{args.data}`",
+        "",
+        f"Medians over {args.repeat} interleaved repeat(s); training: cross-entropy over all items, batch "
+        f"{args.batch_size}, hidden {args.hidden}, max length {args.max_len}, {args.epochs_to_time} epoch(s) timed "
+        f"per repeat; evaluation: full ranking of all items for every user, history masked, eval batch "
+        f"{args.eval_batch_size}. Throughput = users / test-pass seconds.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    rows = run(args)
+    env = environment(resolve_device(args.device))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    out = Path(args.out)
+    write_text(out.with_name(out.name + ".csv"), buf.getvalue())
+    md = to_markdown(rows, args, env)
+    write_text(out.with_name(out.name + ".md"), md)
+    print(md)
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except P2RecError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""Side by side with RecBole: SASRec and GRU4Rec trained by RecBole 1.2.1 and by p2rec on the same split.
+
+1. Creates RecBole's own virtual environment (``--venv``, default .bench/recbole-venv) with its own pins
+   (recbole 1.2.1 needs numpy<2, pandas<3 and setuptools<81); the suite's environment is never touched.
+2. Converts the prepared p2rec split (``--data``, default results/data/beauty/sequences.txt) into RecBole
+   atomic files: one interaction per item, with a running timestamp, so RecBole's leave-one-out
+   (order TO, group by user) sees exactly p2rec's train/valid/test items; the worker checks this user by
+   user and the script fails on any mismatch.
+3. Trains each model with both libraries under matched settings: hidden 64, max length 50, full-softmax
+   cross-entropy, batch 256, Adam lr 1e-3, full ranking, early stopping on validation NDCG@10 with
+   patience 10 (``--max-epochs`` caps the epochs). RecBole does not mask already-seen items in full
+   ranking; p2rec runs unmasked too unless ``--mask-history``.
+4. Writes ``<out-dir>/recbole.csv`` (library, model, sec_per_epoch, eval_sec, epochs, hr@10, ndcg@10, ...)
+   and ``<out-dir>/recbole.md`` with the ratios.
+
+    python scripts/bench_recbole.py --max-epochs 200            # the full Beauty comparison
+    python scripts/bench_recbole.py --data /tmp/synth/sequences.txt --max-epochs 1 --out-dir /tmp/rb
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from p2rec import P2RecError
+from p2rec.config import train_settings, validate_config
+from p2rec.data.sequences import read_sequences
+from p2rec.data.split import leave_one_out
+from p2rec.io import write_json, write_text
+from p2rec.models.registry import build_backbone
+from p2rec.training import environment, resolve_device, seed_everything, train_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().with_name("recbole_worker.py")
+PINS = ["recbole==1.2.1", "torch==2.13.0", "numpy<2", "pandas<3", "setuptools<81"]
+COLUMNS = ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10", "ndcg@10",
+           "training_samples", "test_eval_sec"]
+# RecBole model name and its model-specific settings; unspecified ones keep RecBole's defaults
+RECBOLE_MODELS = {
+    "sasrec": ("SASRec", {"n_layers": 2, "n_heads": 1, "inner_size": 256, "hidden_dropout_prob": 0.5,
+                          "attn_dropout_prob": 0.5, "hidden_act": "gelu", "layer_norm_eps": 1e-12}),
+    "gru4rec": ("GRU4Rec", {"num_layers": 1, "dropout_prob": 0.3}),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="results/data/beauty/sequences.txt", help="prepared sequences.txt")
+    p.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=sorted(RECBOLE_MODELS))
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for both libraries (0: default)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--mask-history", action="store_true",
+                   help="mask seen items in p2rec's ranking (RecBole never does; off = matched)")
+    p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
+    p.add_argument("--work-dir", default=str(REPO / ".bench" / "recbole-work"))
+    p.add_argument("--out-dir", default=str(REPO / "results" / "reproduction"))
+    p.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
+    args = p.parse_args(argv)
+    if args.max_epochs < 1 or args.patience < 1:
+        p.error("--max-epochs and --patience must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------ RecBole's environment
+
+def ensure_venv(venv: Path, python: str | None = None) -> Path:
+    """Create (once) the venv with RecBole's pins; a stamp file records what was installed."""
+    py = venv / "bin" / "python"
+    stamp = venv / ".p2rec-bench-pins"
+    want = "\n".join(PINS) + "\n"
+    if py.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
+        return py
+    if not py.exists():
+        print(f"creating {venv}", file=sys.stderr, flush=True)
+        subprocess.run([python or sys.executable, "-m", "venv", str(venv)], check=True)
+    print(f"installing {' '.join(PINS)} into {venv}", file=sys.stderr, flush=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS], check=True)
+    check = "import numpy, pandas, torch, recbole; print(recbole.__version__, torch.__version__, numpy.__version__)"
+    out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True).stdout.strip()
+    print(f"RecBole venv ready: recbole/torch/numpy {out}", file=sys.stderr, flush=True)
+    stamp.write_text(want, encoding="utf-8")
+    return py
+
+
+# ------------------------------------------------------------------ data conversion
+
+def write_atomic_files(data_path: str | Path, work: Path, name: str) -> tuple[Path, Path]:
+    """``<work>/data/<name>/<name>.inter`` and the expected split (JSON, original ids) for the worker's check.
+
+    Timestamps are one running counter over the whole file, so every user's order is kept whatever
+    sort RecBole applies, and its leave-one-out picks the same last two items as p2rec's."""
+    data = read_sequences(data_path)
+    split = leave_one_out(data)
+    folder = work / "data" / name
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    clock = 0
+    for user, seq in zip(data.users, data.sequences):
+        for item in seq:
+            lines.append(f"{user}\t{item}\t{clock}")
+            clock += 1
+    inter = folder / f"{name}.inter"
+    write_text(inter, "\n".join(lines) + "\n")
+    valid_in, test_in = split.inputs("valid"), split.inputs("test")
+    expected = {
+        str(u): {"valid_target": int(vt), "test_target": int(tt),
+                 "valid_input": [int(i) for i in vi], "test_input": [int(i) for i in ti]}
+        for u, vt, tt, vi, ti in zip(split.users, split.valid_target, split.test_target, valid_in, test_in)
+    }
+    expected_path = work / f"{name}.expected.json"
+    write_json(expected_path, expected)
+    return inter, expected_path
+
+
+def recbole_config(args, work: Path, model: str) -> dict:
+    _, specific = RECBOLE_MODELS[model]
+    hidden = {"sasrec": {"hidden_size": args.hidden},
+              "gru4rec": {"embedding_size": args.hidden, "hidden_size": args.hidden}}[model]
+    return {
+        "data_path": str(work / "data"),
+        "checkpoint_dir": str(work / "saved"),
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+        "MAX_ITEM_LIST_LENGTH": args.max_len,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+        "loss_type": "CE", "train_neg_sample_args": None,
+        # RecBole stops after stopping_step + 1 epochs without improvement, p2rec after `patience`
+        "epochs": args.max_epochs, "stopping_step": args.patience - 1, "eval_step": 1,
+        "train_batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
+        "learning_rate": args.lr, "weight_decay": 0.0,
+        "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10",
+        "seed": args.seed, "reproducibility": True,
+        # RecBole picks its device from gpu_id and writes it into CUDA_VISIBLE_DEVICES (of its own process):
+        # empty = CPU; on a GPU keep the device a scheduler assigned instead of forcing GPU 0
+        "gpu_id": _visible_gpu() if args.device == "cuda" else "", "show_progress": False,
+        "save_dataset": False, "save_dataloaders": False, "log_wandb": False, "worker": 0,
+        **hidden, **specific,
+    }
+
+
+def _visible_gpu() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return visible or "0"
+
+
+def run_recbole(py: Path, args, work: Path, name: str, model: str, expected: Path) -> dict:
+    run_dir = work / f"run-{model}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = {"model": RECBOLE_MODELS[model][0], "dataset": name, "config_dict": recbole_config(args, work, model),
+           "expected": str(expected), "threads": args.threads}
+    write_json(run_dir / "job.json", job)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    log = run_dir / "worker.log"
+    result_path = run_dir / "result.json"
+    result_path.unlink(missing_ok=True)
+    print(f"RecBole {job['model']}: training (log: {log})", file=sys.stderr, flush=True)
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.run([str(py), str(WORKER), "--config", str(run_dir / "job.json"), "--out", str(result_path)],
+                              cwd=run_dir, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not result_path.exists():
+        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-25:])
+        raise P2RecError(f"RecBole {job['model']} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    for stage, check in result["split_check"].items():
+        if check["missing_users"] or check["target_mismatch"] or check["input_mismatch"]:
+            raise P2RecError(f"RecBole's {stage} split differs from p2rec's on {args.data}: {check}")
+    return result
+
+
+# ------------------------------------------------------------------ p2rec
+
+def run_p2rec(args, model: str) -> dict:
+    config = validate_config({
+        "catalog": {"bench": {"source": "sequences", "file": str(args.data)}}, "datasets": ["bench"],
+        "backbones": [model], "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"],
+        "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
+                  "epochs": args.max_epochs, "patience": args.patience, "loss": "ce",
+                  "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads},
+        "eval": {"ks": [10], "mask_history": bool(args.mask_history), "select_metric": "ndcg@10"},
+    })
+    settings = train_settings(config, "bench", model)
+    data = read_sequences(args.data)
+    split = leave_one_out(data)
+    seed_everything(args.seed)
+    backbone = build_backbone(model, data.num_items, args.hidden, args.max_len, **settings["model"])
+    print(f"p2rec {model}: training", file=sys.stderr, flush=True)
+    res = train_backbone(backbone, split, settings, args.seed, progress=False)
+    return {"sec_per_epoch": res.timing["seconds_per_epoch"], "eval_sec": res.timing["eval_seconds_per_pass"],
+            "test_eval_sec": res.timing["test_eval_seconds"], "epochs": res.epochs, "best_epoch": res.best_epoch,
+            "test": res.test, "training_samples": res.timing["training_sequences"], "settings": settings}
+
+
+# ------------------------------------------------------------------ report
+
+def _row(library: str, model: str, r: dict) -> dict:
+    test = r["test"]
+    return {"library": library, "model": model, "sec_per_epoch": round(r["sec_per_epoch"], 3),
+            "eval_sec": round(r["eval_sec"], 3), "epochs": r["epochs"], "best_epoch": r["best_epoch"],
+            "hr@10": round(test.get("hr@10", test.get("hit@10", float("nan"))), 4),
+            "ndcg@10": round(test["ndcg@10"], 4), "training_samples": r["training_samples"],
+            "test_eval_sec": round(r["test_eval_sec"], 3)}
+
+
+def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_settings: dict) -> str:
+    by = {(r["library"], r["model"]): r for r in rows}
+    lines = [
+        f"# p2rec vs RecBole 1.2.1 on `{args.data}`",
+        "",
+        f"Same leave-one-out split (checked user by user), hidden {args.hidden}, max length {args.max_len}, "
+        f"full-softmax cross-entropy, batch {args.batch_size}, Adam lr {args.lr}, full ranking of all items, "
+        f"early stopping on validation NDCG@10 with patience {args.patience} (at most {args.max_epochs} epochs), "
+        f"test once with the best weights, seed {args.seed}, one process after the other on the same machine. "
+        f"Seen items are {'masked in p2rec only' if args.mask_history else 'not masked (RecBole never masks them)'}. "
+        f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
+        f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec every position of "
+        f"a user's sequence in one causal pass (training_samples).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += ["", "Ratios (RecBole / p2rec; NDCG@10 as p2rec - RecBole):", "",
+              "| model | epoch speed-up | evaluation speed-up | NDCG@10 difference |", "|---|---|---|---|"]
+    for model in args.models:
+        p, r = by.get(("p2rec", model)), by.get(("recbole", model))
+        if p and r:
+            lines.append(f"| {model} | {r['sec_per_epoch'] / max(p['sec_per_epoch'], 1e-9):.1f}x | "
+                         f"{r['eval_sec'] / max(p['eval_sec'], 1e-9):.1f}x | {p['ndcg@10'] - r['ndcg@10']:+.4f} |")
+    recbole_settings = (f"{RECBOLE_MODELS[m][0]} {json.dumps(RECBOLE_MODELS[m][1], sort_keys=True)}" for m in args.models)
+    lines += ["", "RecBole model settings (others at RecBole's defaults): " + "; ".join(recbole_settings),
+              "p2rec model settings (module defaults): " +
+              "; ".join(f"{m} {json.dumps(s, sort_keys=True)}" for m, s in p2rec_settings.items()),
+              "", "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+              "RecBole environment: " + ", ".join(f"{k} {v}" for k, v in recbole_env.items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work_dir)
+    name = Path(args.data).parent.name or "dataset"
+    name = "".join(c if c.isalnum() else "_" for c in name)
+    started = time.perf_counter()
+    py = ensure_venv(Path(args.venv), args.python)
+    _, expected = write_atomic_files(args.data, work, name)
+    rows, recbole_env, p2rec_settings = [], {}, {}
+    for model in args.models:
+        rb = run_recbole(py, args, work, name, model, expected)
+        recbole_env = {"torch": rb["torch"], "torch_threads": rb["torch_threads"]}
+        ours = run_p2rec(args, model)
+        p2rec_settings[model] = ours["settings"]["model"]
+        rows += [_row("p2rec", model, ours), _row("recbole", model, rb)]
+        print(f"{model}: p2rec {ours['sec_per_epoch']:.2f}s/epoch vs RecBole {rb['sec_per_epoch']:.2f}s/epoch",
+              file=sys.stderr, flush=True)
+    out = Path(args.out_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "recbole.csv", buf.getvalue())
+    md = to_markdown(rows, args, environment(resolve_device(args.device)), recbole_env, p2rec_settings)
+    write_text(out / "recbole.md", md)
+    print(md)
+    print(f"done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (P2RecError, subprocess.CalledProcessError) as err:
+        sys.exit(f"error: {err}")

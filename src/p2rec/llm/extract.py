@@ -1,0 +1,80 @@
+"""Information augmentation (METHOD.md 4, stage 2): every item alone through the fine-tuned LLM.
+
+Each item is a "virtual user" with one item, in the same template the fine-tuning used (read from the
+adapter folder). The last-position hidden state of each item is kept (row i = item i, row 0 = padding
+zeros), and the head's argmax on it is the LLM's parsed category of the item (entry 0 = -1).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from p2rec import P2RecError
+from p2rec.io import save_npy, write_json
+from p2rec.llm.categories import load_item_table
+from p2rec.llm.loading import library_versions, peak_memory_mb
+from p2rec.llm.sft import MODULES_FILE, TEMPLATE_FILE, build_model, load_trained_modules
+
+
+def read_template(adapter: Path) -> dict:
+    path = adapter / TEMPLATE_FILE
+    if not path.exists() or not (adapter / MODULES_FILE).exists():
+        raise P2RecError(f"{adapter}: not a fine-tuned adapter folder ({TEMPLATE_FILE} or {MODULES_FILE} missing)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@torch.no_grad()
+def extract_items(adapter: str | Path, item_table_path: str | Path, model_path: str, settings: dict,
+                  out_hidden: str | Path, out_parsed: str | Path, out_timing: str | Path,
+                  batch_size: int = 64, threads: int = 0, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    adapter = Path(adapter)
+    if threads:
+        torch.set_num_threads(threads)
+    meta = read_template(adapter)
+    sft = dict(meta["settings"])
+    # the template and head come from the fine-tuning; model, dtype and device from this stage
+    sft.update(model=model_path, dtype=settings["dtype"], device=settings["device"])
+    table = load_item_table(item_table_path, what="stage-0 item table")
+    num_items = table.shape[0] - 1
+    model, device = build_model(model_path, sft, table, int(meta["k"]), adapter=adapter)
+    load_trained_modules(model, adapter)
+    model.eval()
+    load_s = time.perf_counter() - started
+    d = model.llm.config.hidden_size
+    hidden = np.zeros((num_items + 1, d), dtype=np.float32)
+    parsed = np.full(num_items + 1, -1, dtype=np.int64)
+    items = np.arange(1, num_items + 1)
+    tokens = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=num_items, unit="item", disable=not progress, desc="extract")
+    for start in range(0, num_items, batch_size):
+        chunk = items[start:start + batch_size]
+        batch = model.template.batch([[int(i)] for i in chunk]).to(device)
+        h, logits = model(batch)
+        hidden[chunk] = h.cpu().numpy()
+        parsed[chunk] = logits.argmax(-1).cpu().numpy()
+        tokens += batch.tokens
+        bar.update(len(chunk))
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    run_s = time.perf_counter() - t0
+    if not np.isfinite(hidden).all():
+        raise P2RecError(f"{adapter}: the fine-tuned LLM produced non-finite hidden states")
+    save_npy(out_hidden, hidden)
+    save_npy(out_parsed, parsed)
+    timing = {"stage": "extract", "items": num_items, "tokens": tokens, "extract_s": run_s,
+              "tokens_per_s": tokens / max(run_s, 1e-9), "model_load_s": load_s,
+              "wall_s": time.perf_counter() - started, "batch_size": batch_size, "hidden_size": d,
+              "parsed_categories_used": int(len(np.unique(parsed[1:]))), "k": int(meta["k"]),
+              "device": str(device), "peak_memory_mb": peak_memory_mb(device),
+              "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss",
+              **library_versions(device)}
+    write_json(out_timing, timing)
+    return timing

@@ -1,0 +1,158 @@
+"""The prompt: an instruction in plain text, the user's items, a response marker (METHOD.md 4, step 3).
+
+In ``soft`` mode each item is one *soft token*: a trainable linear projection of its frozen stage-0
+item-table row into the LLM's embedding space, spliced into ``inputs_embeds`` at the item slots (no
+vocabulary growth, no item text). In ``text`` mode each item is written as ``item_1234`` and tokenised
+like ordinary text.
+
+Batches are right-padded to their longest prompt; the hidden state is read at each prompt's last real
+position, so padding never changes a result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2rec import P2RecError
+
+PROMPT_MODES = ("soft", "text")
+
+
+@dataclass
+class PromptBatch:
+    token_ids: torch.Tensor  # [B, T] vocabulary ids (0 at soft slots and padding)
+    item_ids: torch.Tensor  # [B, T] item id at soft slots, 0 elsewhere
+    soft_mask: torch.Tensor  # [B, T] bool, True at soft slots
+    attention_mask: torch.Tensor  # [B, T] 1 for real positions
+    last_index: torch.Tensor  # [B] index of the last real position
+    lengths: list[int]  # real tokens per prompt
+
+    @property
+    def tokens(self) -> int:
+        return int(sum(self.lengths))
+
+    def to(self, device) -> "PromptBatch":
+        return PromptBatch(self.token_ids.to(device), self.item_ids.to(device), self.soft_mask.to(device),
+                           self.attention_mask.to(device), self.last_index.to(device), self.lengths)
+
+
+class PromptTemplate:
+    """Tokenises the fixed text once; builds batches of prompts for lists of item ids."""
+
+    def __init__(self, tokenizer, instruction: str, response: str, mode: str = "soft"):
+        if mode not in PROMPT_MODES:
+            raise P2RecError(f"config key 'llm.prompt.mode': unknown mode '{mode}' ({', '.join(PROMPT_MODES)})")
+        self.mode = mode
+        self.instruction = instruction
+        self.response = response
+        self.tokenizer = tokenizer
+        self.prefix = list(tokenizer(instruction, add_special_tokens=True)["input_ids"])
+        self.suffix = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        if not self.suffix:
+            raise P2RecError("config key 'llm.prompt.response': the response marker must not be empty")
+        self._text_ids: dict[int, list[int]] = {}
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "instruction": self.instruction, "response": self.response,
+                "prefix_tokens": len(self.prefix), "suffix_tokens": len(self.suffix)}
+
+    def item_text_ids(self, item: int) -> list[int]:
+        ids = self._text_ids.get(item)
+        if ids is None:
+            ids = list(self.tokenizer(f" item_{item}", add_special_tokens=False)["input_ids"])
+            self._text_ids[item] = ids
+        return ids
+
+    def length(self, items) -> int:
+        """Tokens of the prompt for ``items`` (used for batching by length and for token counts)."""
+        if self.mode == "soft":
+            return len(self.prefix) + len(items) + len(self.suffix)
+        return len(self.prefix) + sum(len(self.item_text_ids(int(i))) for i in items) + len(self.suffix)
+
+    def batch(self, item_lists) -> PromptBatch:
+        rows_tok, rows_item = [], []
+        for items in item_lists:
+            items = [int(i) for i in items]
+            if self.mode == "soft":
+                tok = self.prefix + [0] * len(items) + self.suffix
+                itm = [0] * len(self.prefix) + items + [0] * len(self.suffix)
+            else:
+                body = [t for i in items for t in self.item_text_ids(i)]
+                tok = self.prefix + body + self.suffix
+                itm = [0] * len(tok)
+            rows_tok.append(tok)
+            rows_item.append(itm)
+        lengths = [len(r) for r in rows_tok]
+        width = max(lengths)
+        token_ids = torch.zeros((len(rows_tok), width), dtype=torch.long)
+        item_ids = torch.zeros_like(token_ids)
+        attention = torch.zeros_like(token_ids)
+        for b, (tok, itm) in enumerate(zip(rows_tok, rows_item)):
+            token_ids[b, : len(tok)] = torch.as_tensor(tok)
+            item_ids[b, : len(itm)] = torch.as_tensor(itm)
+            attention[b, : len(tok)] = 1
+        soft = item_ids > 0
+        return PromptBatch(token_ids, item_ids, soft, attention, torch.as_tensor(lengths) - 1, lengths)
+
+
+class SoftItemEncoder(nn.Module):
+    """item id -> Linear(frozen stage-0 row): the item's soft token in the LLM embedding space."""
+
+    def __init__(self, item_table: np.ndarray, llm_dim: int):
+        super().__init__()
+        self.register_buffer("table", torch.as_tensor(np.asarray(item_table, dtype=np.float32)), persistent=False)
+        self.proj = nn.Linear(self.table.shape[1], llm_dim)
+
+    def match_scale(self, token_embeddings: torch.Tensor) -> None:
+        """Scale the initial projection so soft tokens have the mean norm of the LLM's token embeddings."""
+        with torch.no_grad():
+            target = token_embeddings.float().norm(dim=-1).mean()
+            current = self.proj(self.table[1:]).norm(dim=-1).mean()
+            if current > 0:
+                factor = (target / current).item()
+                self.proj.weight.mul_(factor)
+                self.proj.bias.mul_(factor)
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table[item_ids])
+
+
+class PreferenceModel(nn.Module):
+    """The causal LLM (with LoRA injected) reading a prompt, plus the soft-token projection and a head."""
+
+    def __init__(self, llm, decoder, template: PromptTemplate, soft: SoftItemEncoder | None, k: int):
+        super().__init__()
+        self.llm = llm  # the (peft-wrapped) causal LM; kept for saving the adapter
+        self.decoder = decoder  # its transformer body: returns last hidden states, no vocabulary logits
+        self.template = template
+        self.soft = soft
+        self.head = nn.Linear(llm.config.hidden_size, k)
+        if template.mode == "soft" and soft is None:
+            raise P2RecError("soft prompt mode needs the stage-0 item table")
+
+    def embed(self, batch: PromptBatch) -> torch.Tensor:
+        embedding = self.decoder.get_input_embeddings()
+        embeds = embedding(batch.token_ids)
+        if self.soft is not None and self.template.mode == "soft":
+            soft = self.soft(batch.item_ids).to(embeds.dtype)
+            embeds = torch.where(batch.soft_mask.unsqueeze(-1), soft, embeds)
+        return embeds
+
+    def last_hidden(self, batch: PromptBatch) -> torch.Tensor:
+        out = self.decoder(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask, use_cache=False)
+        hidden = out.last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, batch.last_index].float()
+
+    def forward(self, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.last_hidden(batch)
+        return h, self.head(h)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        out = {"head": self.head}
+        if self.soft is not None:
+            out["soft"] = self.soft
+        return out

@@ -1,0 +1,382 @@
+"""LoRA fine-tuning of the LLM: user-level (P2Rec) and instance-level (the comparator), METHOD.md 4.
+
+user      one sample per user: the last ``max_items`` training items -> head output, MSE to g_u (or KL)
+instance  one sample per training prefix s_1..s_t (t >= 1) -> the category of s_{t+1}, K-way CE; where a
+          full epoch does not fit, a seeded sample of ``instance.max_samples`` instances per epoch, and
+          the full-epoch cost extrapolated from the measured throughput (labelled ``extrapolated``)
+
+Both read only the training split. Trainable: LoRA adapters (peft), the soft-token projection, the head.
+Progress (samples, loss, tokens/s, ETA) via tqdm; a checkpoint every ``checkpoint_every`` optimiser steps
+(adapter, projection, head, optimiser, sampler position, RNG state) lets a killed run resume where it was.
+A checkpoint written under other settings or inputs is ignored, never resumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from p2rec import P2RecError
+from p2rec.data.sequences import read_sequences
+from p2rec.data.split import leave_one_out
+from p2rec.io import atomic_dir, atomic_path, sha256_file, write_json
+from p2rec.llm.categories import load_categories, load_item_table
+from p2rec.llm.loading import decoder_of, library_versions, load_causal_lm, peak_memory_mb
+from p2rec.llm.prompt import PreferenceModel, PromptTemplate, SoftItemEncoder
+
+MODULES_FILE = "p2rec_modules.pt"
+TEMPLATE_FILE = "p2rec_prompt.json"
+
+
+# ----------------------------------------------------------------------------------------------- samples
+@dataclass
+class Samples:
+    """Training samples as index arrays: sample j shows ``train[user[j]][:end[j]][-max_items:]``."""
+    user: np.ndarray  # row of the user in the split
+    end: np.ndarray  # prefix length shown (user-level: the whole training sequence)
+    max_items: int
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def items(self, train: list[np.ndarray], j: int) -> np.ndarray:
+        end = int(self.end[j])
+        return train[int(self.user[j])][max(0, end - self.max_items):end]
+
+
+def user_samples(train: list[np.ndarray], max_items: int) -> Samples:
+    """One sample per user with at least one training item: the last ``max_items`` of them."""
+    users = np.array([u for u, s in enumerate(train) if len(s) >= 1], dtype=np.int64)
+    ends = np.array([len(train[u]) for u in users], dtype=np.int64)
+    return Samples(users, ends, max_items)
+
+
+def instance_count(train: list[np.ndarray]) -> int:
+    """sum over users of (training length - 1): the instances of one full instance-level epoch."""
+    return int(sum(max(len(s) - 1, 0) for s in train))
+
+
+def instance_samples(train: list[np.ndarray], max_items: int) -> Samples:
+    """Every training prefix s_1..s_t with a training next item s_{t+1} (t = 1 .. len - 1)."""
+    users, ends = [], []
+    for u, seq in enumerate(train):
+        n = len(seq) - 1
+        if n > 0:
+            users.append(np.full(n, u, dtype=np.int64))
+            ends.append(np.arange(1, len(seq), dtype=np.int64))
+    if not users:
+        return Samples(np.zeros(0, np.int64), np.zeros(0, np.int64), max_items)
+    return Samples(np.concatenate(users), np.concatenate(ends), max_items)
+
+
+def instance_target(train: list[np.ndarray], samples: Samples, j: int) -> int:
+    """The next training item after the prefix of sample ``j``."""
+    return int(train[int(samples.user[j])][int(samples.end[j])])
+
+
+def budget_indices(total: int, max_samples: int | None, seed: int) -> np.ndarray:
+    """All instances, or a seeded sample of ``max_samples`` of them without replacement (sorted)."""
+    if max_samples is None or max_samples >= total:
+        return np.arange(total, dtype=np.int64)
+    if max_samples < 1:
+        raise P2RecError(f"config key 'llm.instance.max_samples': must be >= 1, got {max_samples}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=max_samples, replace=False)).astype(np.int64)
+
+
+def subset(samples: Samples, idx: np.ndarray) -> Samples:
+    return Samples(samples.user[idx], samples.end[idx], samples.max_items)
+
+
+def extrapolate(measured_samples: int, measured_tokens: int, seconds: float, full_samples: int,
+                full_tokens: int) -> dict:
+    """Full-epoch cost from measured throughput: by tokens (primary) and by samples."""
+    if measured_samples <= 0 or seconds <= 0:
+        raise P2RecError("cannot extrapolate from an empty measurement")
+    tokens_per_s = measured_tokens / seconds
+    return {
+        "samples": full_samples,
+        "tokens": full_tokens,
+        "wall_s": full_tokens / tokens_per_s,
+        "wall_s_by_samples": full_samples * seconds / measured_samples,
+        "basis": f"measured {tokens_per_s:.1f} tokens/s over {measured_samples} samples",
+    }
+
+
+def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar-length prompts (sorted inside windows of 50 batches, then the batch
+    order shuffled): each batch is padded only to its longest prompt."""
+    order = rng.permutation(len(lengths))
+    window = 50 * batch_size
+    parts = np.array_split(order, max(1, -(-len(order) // window)))
+    order = np.concatenate([w[np.argsort(lengths[w], kind="stable")] for w in parts]) if len(order) else order
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+# ----------------------------------------------------------------------------------------------- model
+def lora_config(settings: dict):
+    from peft import LoraConfig
+
+    lora = settings["lora"]
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], bias="none")
+
+
+def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, k: int, adapter: str | Path | None = None):
+    """The LLM with LoRA (new, or loaded from ``adapter``), the soft-token projection and the head."""
+    from peft import PeftModel, get_peft_model
+
+    llm, tokenizer, device = load_causal_lm(model_path, settings["dtype"], settings["device"])
+    decoder = decoder_of(llm)
+    prompt = settings["prompt"]
+    template = PromptTemplate(tokenizer, prompt["instruction"], prompt["response"], prompt["mode"])
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    if adapter is None:
+        try:
+            peft_model = get_peft_model(llm, lora_config(settings))
+        except ValueError as err:
+            raise P2RecError(f"config key 'llm.lora.target_modules': {str(err).splitlines()[0]} "
+                             f"(use 'all-linear' for architectures without Llama-style projection names)") from None
+    else:
+        peft_model = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
+    soft = None
+    if template.mode == "soft":
+        if item_table is None:
+            raise P2RecError("soft prompt mode needs the stage-0 item table")
+        soft = SoftItemEncoder(item_table, llm.config.hidden_size)
+        soft.match_scale(decoder.get_input_embeddings().weight)
+    model = PreferenceModel(peft_model, decoder, template, soft, k)
+    for module in model.trainable_modules().values():
+        module.to(device=device, dtype=torch.float32)
+    return model, device
+
+
+def trainable_parameters(model: PreferenceModel) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _modules_state(model: PreferenceModel) -> dict:
+    return {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in model.trainable_modules().items()}
+
+
+def save_trained(model: PreferenceModel, out: Path, settings: dict, extra: dict) -> None:
+    """The adapter folder: peft adapter + projection and head weights + the prompt template."""
+    with atomic_dir(out) as tmp:
+        model.llm.save_pretrained(str(tmp))
+        torch.save(_modules_state(model), tmp / MODULES_FILE)
+        write_json(tmp / TEMPLATE_FILE, {**model.template.describe(), "k": model.head.out_features,
+                                         "max_items": settings["max_items"], "settings": settings, **extra})
+
+
+def load_trained_modules(model: PreferenceModel, adapter: Path) -> None:
+    state = torch.load(adapter / MODULES_FILE, map_location="cpu", weights_only=True)
+    for name, module in model.trainable_modules().items():
+        if name not in state:
+            raise P2RecError(f"{adapter / MODULES_FILE}: no weights for '{name}' (prompt mode changed?)")
+        module.load_state_dict(state[name])
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _fingerprint(settings: dict, inputs: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in inputs:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _lora_state(model: PreferenceModel) -> dict:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model.llm).items()}
+
+
+def _load_lora_state(model: PreferenceModel, state: dict) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model.llm, state)
+
+
+def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categories_path: str | Path,
+            model_path: str, settings: dict, out_dir: str | Path, g_u_path: str | Path | None = None,
+            checkpoint_every: int = 100, threads: int = 0, progress: bool = True,
+            on_step: Callable[[int], None] | None = None) -> dict:
+    """Fine-tune; write ``out_dir/adapter/`` and ``out_dir/timing.json``; return the timing record."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if mode not in ("user", "instance"):
+        raise P2RecError(f"unknown SFT mode '{mode}' (user, instance)")
+    if threads:
+        torch.set_num_threads(threads)
+    data = read_sequences(data_path)
+    split = leave_one_out(data)
+    train = split.train  # the only part of the data this stage reads
+    table = load_item_table(item_table_path, data.num_items, "stage-0 item table")
+    categories = load_categories(categories_path, data.num_items)
+    k = int(settings["k"])
+    if categories.max() >= k:
+        raise P2RecError(f"{categories_path}: category ids up to {categories.max()} but llm.k = {k}")
+    max_items = int(settings["max_items"])
+    inputs = [Path(data_path), Path(item_table_path), Path(categories_path)]
+
+    if mode == "user":
+        samples = user_samples(train, max_items)
+        if g_u_path is None:
+            raise P2RecError("user-level SFT needs g_u (--g-u)")
+        g_u = np.load(g_u_path, allow_pickle=False)
+        if g_u.shape != (len(train), k) or not np.isfinite(g_u).all():
+            raise P2RecError(f"{g_u_path}: g_u has shape {g_u.shape} (or non-finite values), expected "
+                             f"({len(train)}, {k}) finite")
+        targets_user = torch.as_tensor(g_u, dtype=torch.float32)
+        inputs.append(Path(g_u_path))
+        full = samples
+        chosen = samples
+    else:
+        full = instance_samples(train, max_items)
+        budget = settings["instance"]
+        chosen = subset(full, budget_indices(len(full), budget.get("max_samples"), budget.get("sample_seed", 0)))
+        targets_inst = torch.as_tensor(
+            categories[[instance_target(train, chosen, j) for j in range(len(chosen))]], dtype=torch.long)
+    if len(chosen) == 0:
+        raise P2RecError(f"{data_path}: no {mode}-level training samples (every user has too few training items)")
+
+    torch.manual_seed(int(settings["seed"]))
+    np.random.seed(int(settings["seed"]) % 2**32)
+    load_t0 = time.perf_counter()
+    model, device = build_model(model_path, settings, table, k)
+    load_s = time.perf_counter() - load_t0
+    template = model.template
+    lengths = np.array([template.length(chosen.items(train, j)) for j in range(len(chosen))], dtype=np.int64)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=settings["lr"], weight_decay=settings["weight_decay"])
+
+    epochs = int(settings["epochs"])
+    fingerprint = _fingerprint(settings, inputs)
+    checkpoint = out_dir / "checkpoint.pt"
+    state = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "padded_tokens": 0, "train_s": 0.0,
+             "wall_s_before": 0.0, "sessions": 0, "history": [], "loss_sum": 0.0, "loss_n": 0}
+    resumed_from = None
+    if checkpoint.exists():
+        try:
+            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise P2RecError(f"{checkpoint}: unreadable checkpoint ({type(err).__name__}: {err}); delete it to start over") from None
+        if ckpt.get("fingerprint") != fingerprint:
+            print(f"{checkpoint}: written under other settings or inputs; starting over", flush=True)
+            checkpoint.unlink()
+        else:
+            _load_lora_state(model, ckpt["lora"])
+            for name, module in model.trainable_modules().items():
+                module.load_state_dict(ckpt["modules"][name])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            state = ckpt["state"]
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            if device.type == "cuda" and "cuda" in ckpt["rng"]:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+            resumed_from = state["step"]
+            if progress:
+                print(f"resuming from {checkpoint} at step {state['step']} (epoch {state['epoch'] + 1}, "
+                      f"batch {state['batch']})", flush=True)
+    state["sessions"] += 1
+
+    def save_checkpoint():
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"fingerprint": fingerprint, "lora": _lora_state(model), "modules": _modules_state(model),
+                        "optimizer": optimizer.state_dict(), "rng": rng,
+                        # wall time of earlier sessions plus this one so far (the work the checkpoint keeps)
+                        "state": dict(state, wall_s_before=state["wall_s_before"] + time.perf_counter() - started)},
+                       tmp)
+
+    model.train()
+    bar = tqdm(total=epochs * len(chosen), initial=state["samples"], unit="sample", disable=not progress,
+               desc=f"{mode}-level SFT", smoothing=0.05)
+    while state["epoch"] < epochs:
+        epoch = state["epoch"]
+        batches = make_batches(lengths, settings["batch_size"], np.random.default_rng([int(settings["seed"]), epoch]))
+        while state["batch"] < len(batches):
+            idx = batches[state["batch"]]
+            item_lists = [chosen.items(train, int(j)) for j in idx]
+            batch = template.batch(item_lists).to(device)
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            _, out = model(batch)
+            if mode == "user":
+                target = targets_user[chosen.user[idx]].to(device)
+                if settings["loss"] == "kl":
+                    loss = F.kl_div(F.log_softmax(out, -1), target, reduction="batchmean")
+                else:
+                    loss = F.mse_loss(out, target)
+            else:
+                loss = F.cross_entropy(out, targets_inst[idx].to(device))
+            if not torch.isfinite(loss):
+                raise P2RecError(f"SFT loss became {loss.item()} at step {state['step'] + 1}; lower llm.lr")
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            state["train_s"] += time.perf_counter() - t0
+            state["step"] += 1
+            state["batch"] += 1
+            state["samples"] += len(idx)
+            state["tokens"] += batch.tokens
+            state["padded_tokens"] += int(batch.token_ids.numel())
+            state["loss_sum"] += loss.item() * len(idx)
+            state["loss_n"] += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
+            if state["step"] % checkpoint_every == 0:
+                save_checkpoint()
+            if on_step is not None:
+                on_step(state["step"])
+        state["history"].append({"epoch": epoch + 1, "loss": state["loss_sum"] / max(state["loss_n"], 1),
+                                 "train_s": state["train_s"]})
+        state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_n=0)
+        if epoch + 1 < epochs:
+            save_checkpoint()
+    bar.close()
+
+    full_tokens = int(sum(template.length(full.items(train, j)) for j in range(len(full))))
+    per_epoch_samples = len(chosen)
+    sampled = len(chosen) < len(full)
+    tokens_per_s = state["tokens"] / max(state["train_s"], 1e-9)
+    timing = {
+        "stage": f"sft-{mode}", "mode": mode, "samples": state["samples"], "tokens": state["tokens"],
+        "padded_tokens": state["padded_tokens"], "epochs": epochs, "samples_per_epoch": per_epoch_samples,
+        "steps": state["step"], "train_s": state["train_s"], "tokens_per_s": tokens_per_s,
+        "samples_per_s": state["samples"] / max(state["train_s"], 1e-9),
+        "s_per_sample": state["train_s"] / max(state["samples"], 1), "model_load_s": load_s,
+        "full_epoch": {"samples": len(full), "tokens": full_tokens},
+        "extrapolated": sampled,
+        "users": len(train), "k": k, "max_items": max_items, "model": settings["model"], "model_path": str(model_path),
+        "prompt": template.describe(), "device": str(device), "dtype": str(next(model.llm.parameters()).dtype),
+        "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss",
+        "resumed_from_step": resumed_from, "history": state["history"], **library_versions(device),
+    }
+    if sampled:
+        timing["full_epoch"] = {**extrapolate(per_epoch_samples * epochs, state["tokens"], state["train_s"],
+                                              len(full), full_tokens), "extrapolated": True}
+    else:
+        timing["full_epoch"]["wall_s"] = state["train_s"] / epochs
+        timing["full_epoch"]["extrapolated"] = False
+    save_trained(model, out_dir / "adapter", settings, {"users": len(train), "samples_per_epoch": per_epoch_samples})
+    timing["wall_s"] = state["wall_s_before"] + time.perf_counter() - started
+    timing["sessions"] = state["sessions"]
+    write_json(out_dir / "timing.json", timing)
+    checkpoint.unlink(missing_ok=True)
+    return timing

@@ -1,0 +1,80 @@
+"""Stages 'collect', 'tables' and 'plots': paper tables and figures from compact per-run results.
+
+``gather`` (in commands.py) is what the workflow calls with the declared run files; these stages serve
+runs made at different times or places: ``collect`` copies the compact files of every run into one
+folder, ``tables --from`` rebuilds every table (and optionally the plots) from that folder alone.
+"""
+from __future__ import annotations
+
+import json
+
+from p2rec import P2RecError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("collect", help="copy the compact per-run files (metrics, ranks, timing, config, history)")
+    p.add_argument("--runs", required=True, help="folder of runs: {dataset}/{backbone}/{variant}/seed{seed}/")
+    p.add_argument("--out", required=True, help="destination folder (same layout)")
+    p.add_argument("--llm", default=None, help="also copy SFT timing files {dataset}/{variant}/timing.json from here")
+    p.set_defaults(func=_collect)
+
+    p = sub.add_parser("tables", help="rebuild every table from a folder of collected runs")
+    p.add_argument("--from", dest="source", required=True, help="folder written by 'collect' (or results/runs)")
+    p.add_argument("--out", required=True, help="folder for the tables")
+    p.add_argument("--config", default=None,
+                   help="config file: grid (absent runs show as failed), order, report settings, LLM caption")
+    p.add_argument("--plots", default=None, help="also draw the plots into this folder")
+    p.set_defaults(func=_tables)
+
+    p = sub.add_parser("plots", help="draw the figures (PNG + PDF)")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json of each run")
+    p.add_argument("--sft-timing", nargs="*", default=[], help="SFT timing files .../{dataset}/{variant}/timing.json")
+    p.add_argument("--context", default=None, help="report context as JSON, or a config file")
+    p.add_argument("--out-dir", required=True, help="{dataset}/scores.*, {dataset}/convergence.*, sft_efficiency.*")
+    p.set_defaults(func=_plots)
+
+
+def _collect(args):
+    from p2rec.tables import collect_runs
+
+    n = collect_runs(args.runs, args.out, llm_dir=args.llm)
+    print(json.dumps({"runs": n, "out": args.out}))
+
+
+def _tables(args):
+    from p2rec.tables import build_tables, find_runs, find_sft_timings, read_context
+
+    context = read_context(args.config)
+    paths = find_runs(args.source)
+    timings = find_sft_timings(args.source)
+    if not paths:
+        raise P2RecError(f"{args.source}: no runs found (expected {{dataset}}/{{backbone}}/{{variant}}/seed{{seed}}/metrics.json)")
+    written = build_tables(paths, args.out, context, sft_timings=timings, grid_filter=bool(args.config))
+    if args.plots:
+        _draw(paths, timings, context, args.plots)
+    print(json.dumps({"runs": len(paths), "sft_timings": len(timings), "written": sorted(map(str, written.values()))}))
+
+
+def _plots(args):
+    from p2rec.tables import read_context
+
+    if not args.metrics and not args.sft_timing:
+        raise P2RecError("plots: give --metrics and/or --sft-timing")
+    written = _draw(args.metrics, args.sft_timing, read_context(args.context), args.out_dir)
+    print(json.dumps({"written": sorted(map(str, written))}))
+
+
+def _draw(metrics, timings, context, out_dir):
+    from pathlib import Path
+
+    from p2rec.plots import dataset_plots, plot_sft_efficiency
+    from p2rec.tables import report_settings
+
+    settings = report_settings(context.get("report"))
+    written = []
+    if metrics:
+        written += dataset_plots(metrics, out_dir, settings["plot_metric"], context.get("grid"),
+                                 ends=(settings["baseline"], settings["treatment"]))
+    if timings:
+        written += plot_sft_efficiency(timings, Path(out_dir) / "sft_efficiency")
+    return written

@@ -1,0 +1,320 @@
+"""Every registered backbone: shapes, causality, padding invariance, overfitting a tiny dataset, the three
+losses, and one epoch through the trainer from a validated config. Parametrised over the registry, so a
+new backbone is covered as soon as it is registered."""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from p2rec import P2RecError
+from p2rec.config import train_settings, validate_config
+from p2rec.evaluation import pad_left, ranks_from_scores
+from p2rec.models.base import SequentialBackbone
+from p2rec.models.registry import BACKBONES, build_backbone
+from p2rec.training import loss_on_batch
+
+NAMES = sorted(BACKBONES)
+NUM_ITEMS, HIDDEN, MAX_LEN = 40, 16, 20
+CPU = torch.device("cpu")
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: thread hand-offs cost more than they save (and the machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(name: str, seed: int = 0, num_items: int = NUM_ITEMS, **params) -> SequentialBackbone:
+    torch.manual_seed(seed)
+    return build_backbone(name, num_items, HIDDEN, MAX_LEN, **params)
+
+
+def _perturbed(name: str, seed: int = 0) -> SequentialBackbone:
+    """A model in eval mode with every weight moved away from its initialisation, so that any path
+    from an input position to an output position carries a clearly visible signal."""
+    model = _model(name, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+        model.item_emb.weight[0].zero_()  # the padding row is zero by contract
+    return model.eval()
+
+
+def _config(name: str, **extra) -> dict:
+    """A minimal valid configuration training ``name`` on a synthetic dataset, with defaults filled."""
+    raw = {"catalog": {"tiny": {"source": "synthetic"}}, "datasets": ["tiny"], "backbones": [name],
+           "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"], **extra}
+    return validate_config(raw)
+
+
+def _random_items(shape, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, NUM_ITEMS + 1, shape, generator=gen)
+
+
+def causality_violation(model, seqs: torch.Tensor) -> tuple[float, float]:
+    """(largest change of an output at a position <= t when only items after t change,
+    smallest change at position t + 1 itself, which must react)."""
+    with torch.no_grad():
+        base = model(seqs)
+        leak, react = 0.0, float("inf")
+        for t in range(seqs.shape[1] - 1):
+            other = seqs.clone()
+            tail = other[:, t + 1:]
+            other[:, t + 1:] = torch.where(tail > 0, tail % NUM_ITEMS + 1, tail)  # a different real item
+            out = model(other)
+            leak = max(leak, (out[:, :t + 1] - base[:, :t + 1]).abs().max().item())
+            react = min(react, (out[:, t + 1] - base[:, t + 1]).abs().max().item())
+    return leak, react
+
+
+def padding_violation(model, seqs: torch.Tensor, extra: int) -> float:
+    """Largest change of an output at a real position when ``extra`` padding columns are added on the left."""
+    with torch.no_grad():
+        base = model(seqs)
+        padded = model(torch.cat([torch.zeros(len(seqs), extra, dtype=seqs.dtype), seqs], 1))[:, extra:]
+    real = seqs > 0
+    return (padded[real] - base[real]).abs().max().item()
+
+
+# ---------------------------------------------------------------- interface and shapes
+
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults_match_the_constructor(name):
+    cls = BACKBONES[name]
+    params = inspect.signature(cls.__init__).parameters
+    assert set(cls.defaults) <= set(params), f"{name}: defaults name unknown constructor arguments"
+    for key, value in cls.defaults.items():
+        assert params[key].default == value, f"{name}: defaults[{key!r}] differs from the constructor default"
+    config = _config(name, backbone_params={name: dict(cls.defaults)})
+    assert train_settings(config, "tiny", name)["model"] == cls.defaults
+    with pytest.raises(P2RecError, match=f"backbone_params.{name}"):
+        _config(name, backbone_params={name: {"no_such_parameter": 1}})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shapes(name):
+    model = _model(name).eval()
+    for t in (1, 7, MAX_LEN):
+        seqs = _random_items((3, t), seed=t)
+        seqs[0, : t // 2] = 0
+        out = model(seqs)
+        assert out.shape == (3, t, HIDDEN)
+        assert torch.isfinite(out).all()
+    longer = _random_items((2, MAX_LEN + 5), seed=1)
+    assert model(longer).shape == (2, MAX_LEN, HIDDEN)  # at most the last max_len items are read
+    assert torch.equal(model(longer), model(longer[:, -MAX_LEN:]))
+    assert model.score_last(_random_items((4, 6), seed=2)).shape == (4, NUM_ITEMS + 1)
+    assert model.item_table().shape == (NUM_ITEMS + 1, HIDDEN)
+    table = np.random.default_rng(0).normal(size=(NUM_ITEMS + 1, HIDDEN)).astype(np.float32)
+    model.load_item_table(table)
+    assert torch.allclose(model.item_table()[1:], torch.from_numpy(table[1:]))
+    assert model.item_table()[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_mode_runs_and_has_gradients(name):
+    model = _model(name).train()
+    model(_random_items((4, 9), seed=3)).pow(2).mean().backward()
+    assert model.item_emb.weight.grad is not None
+    assert all(p.grad is not None for p in model.parameters()), "some parameter is never used"
+
+
+# ---------------------------------------------------------------- causality and padding
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_changing_later_items_never_changes_earlier_outputs(name):
+    model = _perturbed(name)
+    seqs = _random_items((4, 12), seed=4)
+    seqs[1, :3] = 0  # left padding in one row
+    leak, react = causality_violation(model, seqs)
+    assert leak < 1e-5, f"{name}: an output at position <= t changed by {leak:.3g} when items after t changed"
+    assert react > 1e-4, f"{name}: the output at t + 1 ignores the item at t + 1"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_left_padding_does_not_change_real_positions(name):
+    model = _perturbed(name)
+    seqs = _random_items((4, 10), seed=5)
+    seqs[0, :4] = 0
+    seqs[2, :9] = 0  # a single real item
+    for extra in (1, 6):
+        err = padding_violation(model, seqs, extra)
+        assert err < 1e-5, f"{name}: {extra} more padding column(s) changed a real position by {err:.3g}"
+    # a user alone (padded to its own length) scores as inside a batch with longer users
+    alone = model.score_last(seqs[2:3, 9:])
+    assert torch.allclose(alone, model.score_last(seqs)[2:3], atol=1e-5)
+
+
+class _Bidirectional(SequentialBackbone):
+    """Deliberately broken: every position sees the mean of the whole row (future and padding included)."""
+    defaults: dict = {}
+
+    def forward(self, seqs):
+        x = self.item_emb(seqs)
+        return x + x.mean(1, keepdim=True) + 0.1
+
+
+def test_the_checks_catch_a_leaking_backbone():
+    torch.manual_seed(0)
+    model = _Bidirectional(NUM_ITEMS, HIDDEN, MAX_LEN).eval()
+    seqs = _random_items((3, 8), seed=6)
+    seqs[0, :2] = 0
+    assert causality_violation(model, seqs)[0] > 1e-3
+    assert padding_violation(model, seqs, 3) > 1e-3
+
+
+# ---------------------------------------------------------------- learning
+
+def _chains(users: int = 8, length: int = 6, seed: int = 0) -> list[np.ndarray]:
+    """Disjoint item chains with shuffled ids: every next item is determined by the previous one."""
+    ids = np.random.default_rng(seed).permutation(np.arange(1, users * length + 1))
+    return [ids[u * length:(u + 1) * length].astype(np.int64) for u in range(users)]
+
+
+def _hr1_on_training_positions(model, seqs: list[np.ndarray]) -> float:
+    """HR@1 of the next item at every position of the training rows, laid out as the trainer lays them."""
+    rows = pad_left(seqs, model.max_len + 1)
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    model.eval()
+    with torch.no_grad():
+        scores = model(inputs)[targets > 0] @ model.item_table().T
+    model.train()
+    scores[:, 0] = -math.inf
+    return float((ranks_from_scores(scores, targets[targets > 0]) == 0).float().mean())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overfits_a_tiny_dataset(name):
+    seqs = _chains()
+    model = _model(name, num_items=48).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    first = hr1 = None
+    for step in range(1, 301):
+        optimizer.zero_grad()
+        loss = loss_on_batch(model, seqs, "ce", 0, CPU)
+        loss.backward()
+        optimizer.step()
+        first = loss.item() if first is None else first
+        if step % 25 == 0:
+            hr1 = _hr1_on_training_positions(model, seqs)
+            if hr1 == 1.0:
+                break
+    assert loss.item() < 0.5 * first, f"{name}: training loss {first:.3f} -> {loss.item():.3f}"
+    assert hr1 == 1.0, f"{name}: HR@1 on the training sequences reached only {hr1:.3f} after {step} steps"
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
+@pytest.mark.parametrize("name", NAMES)
+def test_every_loss_runs_and_decreases(name, loss):
+    seqs = _chains(seed=1)
+    model = _model(name, num_items=48).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def measured() -> float:
+        """The loss without dropout, averaged over fixed draws of negatives; training's RNG is untouched."""
+        model.eval()
+        values = []
+        with torch.random.fork_rng(), torch.no_grad():
+            for draw in range(5):
+                torch.manual_seed(draw)
+                values.append(loss_on_batch(model, seqs, loss, 8, CPU).item())
+        model.train()
+        return float(np.mean(values))
+
+    before = measured()
+    for _ in range(60):
+        optimizer.zero_grad()
+        value = loss_on_batch(model, seqs, loss, 8, CPU)
+        assert torch.isfinite(value)
+        value.backward()
+        optimizer.step()
+    after = measured()
+    assert after < 0.85 * before, f"{name}/{loss}: loss {before:.4f} -> {after:.4f}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_epoch_through_the_trainer_from_config(name, tmp_path):
+    from p2rec.runner import run_training
+
+    rng = np.random.default_rng(2)
+    lines = [f"{u} " + " ".join(map(str, rng.choice(np.arange(1, 31), size=rng.integers(4, 9), replace=False)))
+             for u in range(1, 25)]
+    data = tmp_path / "sequences.txt"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = _config(name, train={"epochs": 1, "hidden": 8, "max_len": 6, "device": "cpu", "batch_size": 8})
+    settings = json.loads(json.dumps(train_settings(config, "tiny", name)))  # as the rule passes it
+    metrics = run_training(data, settings, seed=1, out_dir=tmp_path / "run", progress=False)
+    assert metrics["status"] == "ok" and metrics["epochs"] == 1
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+    assert (tmp_path / "run" / "ranks.csv.gz").exists()
+
+
+# ---------------------------------------------------------------- the benchmark scripts (no RecBole needed)
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    rng = np.random.default_rng(3)
+    lines = [f"{u} " + " ".join(map(str, rng.choice(np.arange(1, 26), size=rng.integers(4, 9), replace=False)))
+             for u in range(1, 21)]
+    path = tmp_path / "data" / "sequences.txt"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
+    bench = _script("bench_backbones")
+    out = tmp_path / "bench" / "tiny"
+    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "2", "--hidden", "8",
+                       "--batch-size", "8", "--out", str(out)])
+    assert [r["backbone"] for r in rows] == NAMES
+    assert all(r["sec_per_epoch"] > 0 and r["users_per_sec"] > 0 and r["users"] == 20 for r in rows)
+    header = (tmp_path / "bench" / "tiny.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header.split(",")[:6] == ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_eval_sec",
+                                     "users_per_sec"]
+    assert "| sasrec |" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
+
+
+def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
+    bench = _script("bench_recbole")
+    inter, expected = bench.write_atomic_files(tiny_data, tmp_path / "work", "tiny")
+    rows = [line.split("\t") for line in inter.read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == ["user_id:token", "item_id:token", "timestamp:float"]
+    clock = [float(r[2]) for r in rows[1:]]
+    assert clock == sorted(clock) and len(set(clock)) == len(clock)  # one global order, no ties
+    first_user = tiny_data.read_text(encoding="utf-8").splitlines()[0].split()
+    assert [r[1] for r in rows[1:] if r[0] == first_user[0]] == first_user[1:]
+    split = json.loads(expected.read_text(encoding="utf-8"))[first_user[0]]
+    assert split["test_target"] == int(first_user[-1]) and split["valid_target"] == int(first_user[-2])
+    assert split["valid_input"] == [int(i) for i in first_user[1:-2]]
+    args = bench.parse_args(["--data", str(tiny_data), "--patience", "10"])
+    config = bench.recbole_config(args, tmp_path / "work", "gru4rec")
+    assert config["stopping_step"] == 9  # RecBole stops after stopping_step + 1 bad epochs
+    assert config["loss_type"] == "CE" and config["MAX_ITEM_LIST_LENGTH"] == 50
+    assert config["hidden_size"] == config["embedding_size"] == 64
+
+
+def test_recbole_best_epoch_follows_its_early_stopping_rule():
+    worker = _script("recbole_worker")
+    assert worker._best_epoch([0.1, 0.3, 0.2, 0.3, 0.25]) == 4  # RecBole keeps ties (>=)
+    assert worker._best_epoch([0.5]) == 1
