@@ -37,7 +37,7 @@ def run_metrics():
 
 def final_targets():
     # report_targets: p2rec.tables via rules/report.smk (tables, plots); llm_targets: rules/llm.smk (parsed categories)
-    return run_metrics() + report_targets(config) + llm_targets()
+    return run_metrics() + report_targets(config) + llm_targets(config)
 
 
 def settings_json(wildcards):

@@ -3,44 +3,29 @@
 # each rule reads plus a code version (p2rec.llm.settings), so backbone settings never rerun these rules.
 from p2rec.llm.settings import (
     CODE_VERSIONS,
-    SFT_DIRS,
+    SFT_MODE,
     categories_settings,
     extract_settings,
     llm_config,
+    llm_targets,
+    model_input,
     reduce_settings,
     runtime_settings,
     sft_settings,
 )
 
-SFT_MODE = {folder: mode for mode, folder in SFT_DIRS.items()}  # p2rec -> user, instance -> instance
 # options that never change a result: written into the command text, not params, so they trigger nothing
 LLM_RUNTIME = runtime_settings(config)
-LLM_SFT_OPTS = f"--checkpoint-every {LLM_RUNTIME['checkpoint_every']} --threads {LLM_RUNTIME['threads']}"
-LLM_EXTRACT_OPTS = f"--batch-size {LLM_RUNTIME['extract_batch_size']} --threads {LLM_RUNTIME['threads']}"
+LLM_SFT_OPTS = f"--checkpoint-every {LLM_RUNTIME['checkpoint_every']}"
+LLM_EXTRACT_OPTS = f"--batch-size {LLM_RUNTIME['extract_batch_size']}"
+# torch threads of an LLM job, declared to the scheduler so that concurrent jobs never oversubscribe the
+# cores (measured on a busy 2-core CPU: 25 tokens/s with 2 threads, 150 with 1); 0 = all of --cores
+LLM_THREADS = LLM_RUNTIME["threads"] or (workflow.cores if isinstance(workflow.cores, int) else 1)
 
 
 wildcard_constraints:
     sft=_alternatives(SFT_MODE),
     hidden=r"\d+",
-
-
-def llm_model_input(wildcards):
-    """The converted packaged model folder (made by rule convert_llm), or nothing for a hub id / folder."""
-    if llm_config(config, wildcards.dataset)["model"] == "packaged":
-        return [config["llm"]["converted_dir"]]
-    return []
-
-
-def llm_model_arg(wildcards, input):
-    return input.model[0] if input.model else llm_config(config, wildcards.dataset)["model"]
-
-
-def llm_targets():
-    """Parsed-category evaluation of every configured LLM variant, and its table."""
-    files = [
-        f"results/llm/{d}/{v}/parse_eval.json" for d in config["datasets"] for v in config["variants"] if v in SFT_MODE
-    ]
-    return files + ["results/tables/categories.csv"] if files else []
 
 
 rule convert_llm:
@@ -79,16 +64,18 @@ rule llm_sft:
         table="results/pretrain/{dataset}/item_table.npy",
         categories="results/llm/{dataset}/categories/categories.npy",
         g_u=lambda w: ["results/llm/{dataset}/categories/g_u.npy"] if SFT_MODE[w.sft] == "user" else [],
-        model=llm_model_input,
+        model=lambda w: model_input(config, w.dataset),
     output:
         adapter=directory("results/llm/{dataset}/{sft}/adapter"),
         timing="results/llm/{dataset}/{sft}/timing.json",
+    cache: True
     params:
         settings=lambda w: json.dumps(sft_settings(config, w.dataset, SFT_MODE[w.sft]), sort_keys=True),
         mode=lambda w: SFT_MODE[w.sft],
         g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
-        model=llm_model_arg,
+        model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
         code_version=CODE_VERSIONS["sft"],
+    threads: LLM_THREADS
     resources:
         gpu=1,
     log:
@@ -97,7 +84,8 @@ rule llm_sft:
         gpu_job(
             "{P2REC} sft --mode {params.mode} --data {input.data} --item-table {input.table}"
             " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
-            " --out-dir results/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --no-progress > {log} 2>&1"
+            " --out-dir results/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --threads {threads}"
+            " > {log} 2>&1"
         )
 
 
@@ -105,15 +93,17 @@ rule llm_extract:
     input:
         adapter="results/llm/{dataset}/{sft}/adapter",
         table="results/pretrain/{dataset}/item_table.npy",
-        model=llm_model_input,
+        model=lambda w: model_input(config, w.dataset),
     output:
         hidden="results/llm/{dataset}/{sft}/item_hidden.npy",
         parsed="results/llm/{dataset}/{sft}/parsed_categories.npy",
         timing="results/llm/{dataset}/{sft}/extract_timing.json",
+    cache: True
     params:
         settings=lambda w: json.dumps(extract_settings(config, w.dataset), sort_keys=True),
-        model=llm_model_arg,
+        model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
         code_version=CODE_VERSIONS["extract"],
+    threads: LLM_THREADS
     resources:
         gpu=1,
     log:
@@ -122,7 +112,7 @@ rule llm_extract:
         gpu_job(
             "{P2REC} extract --adapter {input.adapter} --item-table {input.table} --model {params.model:q}"
             " --settings {params.settings:q} --out-hidden {output.hidden} --out-parsed {output.parsed}"
-            " --out-timing {output.timing} {LLM_EXTRACT_OPTS} --no-progress > {log} 2>&1"
+            " --out-timing {output.timing} {LLM_EXTRACT_OPTS} --threads {threads} > {log} 2>&1"
         )
 
 
@@ -151,7 +141,7 @@ rule llm_parse_eval:
     output:
         "results/llm/{dataset}/{sft}/parse_eval.json",
     params:
-        code_version=CODE_VERSIONS["extract"],
+        code_version=CODE_VERSIONS["parse"],
     log:
         "results/logs/llm/{dataset}/parse_eval_{sft}.log",
     shell:
@@ -161,7 +151,7 @@ rule llm_parse_eval:
 
 rule llm_parse_table:
     input:
-        [f for f in llm_targets() if f.endswith("parse_eval.json")],
+        [f for f in llm_targets(config) if f.endswith("parse_eval.json")],
     output:
         "results/tables/categories.csv",
     log:

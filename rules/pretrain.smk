@@ -11,6 +11,7 @@ rule pretrain_backbone:
         table="results/pretrain/{dataset}/item_table.npy",
         metrics="results/pretrain/{dataset}/run/metrics.json",
         timing="results/pretrain/{dataset}/run/timing.json",
+    cache: True
     params:
         settings=lambda w: json.dumps(pretrain_settings(config, w.dataset), sort_keys=True),
         seed=config["pretrain"]["seed"],

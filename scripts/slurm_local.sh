@@ -3,7 +3,9 @@
 # a single-node slurmctld + slurmd on localhost (two fake GPUs as gres) with slurmdbd accounting (MariaDB),
 # submitted to with profiles/slurm and the official executor plugin. Prints the sacct lines of the jobs and
 # the wall time, then stops the daemons. Needs root on Debian/Ubuntu (installs slurm-wlm, slurmdbd, munge and
-# mariadb-server when missing). Everything lives in a temporary folder; /etc is not touched.
+# mariadb-server when missing). Everything lives in a temporary folder, linked for the run from
+# /etc/slurm/slurm.conf (the executor plugin starts `srun` inside each job without $SLURM_CONF, so srun
+# reads the default path); the script refuses to run where another slurm.conf is there already.
 #
 #   bash scripts/slurm_local.sh            # summary also written to results/slurm/run.log
 #   KEEP=1 bash scripts/slurm_local.sh     # keep the temporary folder (configs, daemon logs, workflow copy)
@@ -46,7 +48,7 @@ DBPASS=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 mkdir -p "$WORK"/{munge,state,spool,log,dev,db}
 for i in 0 1; do mknod "$WORK/dev/fakegpu$i" c 1 3; done  # stand-ins for /dev/nvidiaN (they are /dev/null)
 dd if=/dev/urandom of="$WORK/munge/munge.key" bs=1024 count=1 status=none
-chmod 700 "$WORK/munge"
+chmod 755 "$WORK/munge"
 chmod 400 "$WORK/munge/munge.key"
 cat > "$WORK/slurm.conf" <<CONF
 ClusterName=p2rec-local
@@ -71,7 +73,9 @@ JobAcctGatherFrequency=task=2
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$((PORT + 2))
+AccountingStoragePass=$WORK/munge/munge.socket
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 MailProg=/bin/true
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
@@ -102,6 +106,15 @@ StorageLoc=slurm_acct_db
 CONF
 chmod 600 "$WORK/slurmdbd.conf"
 export SLURM_CONF=$WORK/slurm.conf
+DEFAULT_CONF=/etc/slurm/slurm.conf
+if [ -e "$DEFAULT_CONF" ] || [ -L "$DEFAULT_CONF" ]; then
+  case "$(readlink "$DEFAULT_CONF" || true)" in
+    /tmp/p2rec-slurm.*) rm -f "$DEFAULT_CONF" ;;  # left by an earlier run of this script
+    *) echo "$DEFAULT_CONF exists (a real SLURM?): not touching it" >&2; rm -rf "$WORK"; exit 1 ;;
+  esac
+fi
+mkdir -p /etc/slurm
+ln -s "$SLURM_CONF" "$DEFAULT_CONF"
 
 # --- 3. daemons, stopped on any exit ------------------------------------------------------------------
 stop() {
@@ -114,6 +127,7 @@ stop() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null
   done
+  [ "$(readlink "$DEFAULT_CONF")" = "$SLURM_CONF" ] && rm -f "$DEFAULT_CONF"
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap stop EXIT
@@ -128,10 +142,10 @@ for _ in $(seq 60); do [ -S "$WORK/db/mariadb.sock" ] && break; sleep 0.5; done
 mariadb --no-defaults --socket="$WORK/db/mariadb.sock" -u root -e "CREATE DATABASE slurm_acct_db;
   CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DBPASS';
   GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
-slurmdbd
-for _ in $(seq 60); do timeout 5 sacctmgr -i add cluster p2rec-local >/dev/null 2>&1 && break; sleep 0.5; done
-slurmctld -i
-slurmd
+slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
+for _ in $(seq 20); do timeout 5 sacctmgr -i add cluster p2rec-local >/dev/null 2>&1 && break; sleep 0.5; done
+slurmctld -i -f "$SLURM_CONF"
+slurmd -f "$SLURM_CONF"
 state=""
 for _ in $(seq 60); do
   [ -f "$WORK/slurmctld.pid" ] && ! kill -0 "$(cat "$WORK/slurmctld.pid")" 2>/dev/null && break
@@ -160,8 +174,8 @@ train: {epochs: $EPOCHS, patience: $EPOCHS, hidden: 32}
 CONF
 export PATH="$(dirname "$PY"):$PATH"
 TARGET=results/runs/synthetic/sasrec/none/seed1/metrics.json
-CMD=(snakemake --workflow-profile profiles/slurm --slurm-no-account --slurm-init-seconds-before-status-checks 2
-     --seconds-between-status-checks 2 --latency-wait 5 --configfile tiny.yaml "$@" "$TARGET")
+CMD=(snakemake "$TARGET" --configfile tiny.yaml --workflow-profile profiles/slurm --slurm-no-account
+     --slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2 --latency-wait 5 "$@")
 PLUGIN=$("$PY" -m pip show snakemake-executor-plugin-slurm 2>/dev/null | sed -n 's/^Version: //p')
 say "# scripts/slurm_local.sh, $(date -u +%Y-%m-%dT%H:%M:%SZ): $(slurmctld -V) + slurmdbd, snakemake-executor-plugin-slurm $PLUGIN, node $HOST CPUs=2 Gres=gpu:2 (fake devices)"
 say "# tiny.yaml: $(tr '\n' ';' < "$COPY/tiny.yaml")"
@@ -177,7 +191,7 @@ grep -E "^(rule|localrule) |Job .* has been submitted|sbatch call|Finished jobid
 say "snakemake exit code: $rc"
 say "sacct:"
 sacct --allocations --parsable2 --starttime now-1hour \
-  --format=JobID,JobName%40,State,ExitCode,Elapsed,ReqTRES%60,AllocTRES%60 2>&1 | sed 's/^/  /' | tee -a "$SUMMARY"
+  --format=JobID,Comment%60,State,ExitCode,Elapsed,ReqTRES%60,AllocTRES%60 2>&1 | sed 's/^/  /' | tee -a "$SUMMARY"
 LEASE_LOG=$COPY/results/logs/train/synthetic/sasrec/none/seed1.log
 if [ -f "$LEASE_LOG" ]; then
   say "train job log: $(grep 'p2rec gpu lease' "$LEASE_LOG" || echo 'no lease line')"

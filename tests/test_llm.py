@@ -80,7 +80,9 @@ def test_loads_a_causal_lm_from_a_folder(tiny_llm):
 
 
 def test_missing_folder_and_unknown_id_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network wait in the test
     with pytest.raises(P2RecError, match=r"llm.model': model folder '\./nope/model' does not exist"):
         load_causal_lm("./nope/model")
     with pytest.raises(P2RecError, match=r"llm.model': cannot load Hugging Face model id .*'no-such-org/no-such-model'"):
@@ -473,3 +475,44 @@ def test_stages_never_see_held_out_items(tmp_path, tiny_llm, monkeypatch):
     # the instance targets are the categories of the training next items, all of them
     expected = sorted(int(own[t[i]]) for t in train for i in range(1, len(t)))
     assert sorted(x for ts in runs["a", "instance"][1] for x in ts) == expected
+
+
+def test_parse_evaluation_against_kmeans_and_truth(tmp_path):
+    kmeans = np.array([-1, 0, 0, 1, 1, 2, 2])
+    parsed = np.array([-1, 5, 5, 3, 3, 4, 4])  # the same partition under other names
+    truth = tmp_path / "truth.tsv"
+    truth.write_text("item,category\n1,a\n2,a\n3,b\n4,b\n5,b\n")  # item 6 has no truth label
+    result = cat.parse_evaluation(kmeans, parsed, cat.read_truth(truth))
+    rows = {r["comparison"]: r for r in result["rows"]}
+    assert rows["parsed_vs_kmeans"]["ari"] == pytest.approx(1.0) and rows["parsed_vs_kmeans"]["items"] == 6
+    assert rows["kmeans_vs_truth"]["items"] == 5 and rows["kmeans_vs_truth"]["ari"] < 1
+    assert rows["kmeans_vs_truth"]["ari"] == pytest.approx(rows["parsed_vs_truth"]["ari"])
+    empty = tmp_path / "none.tsv"
+    empty.write_text("item,category\n")
+    assert [r["comparison"] for r in cat.parse_evaluation(kmeans, parsed, cat.read_truth(empty))["rows"]] == \
+        ["parsed_vs_kmeans"]
+
+
+def test_side_by_side_bench_reports_both_modes_and_the_ratios(stage_inputs, tiny_llm):
+    from p2rec.llm.bench import bench_sft
+
+    out = bench_sft(stage_inputs["data"], tiny_llm, sft_settings(), rounds=2, steps=1, progress=False)
+    train = stage_inputs["train"]
+    assert out["user"]["samples"] == len(train) and out["instance"]["samples"] == sft.instance_count(train)
+    assert out["theoretical_token_ratio"] == pytest.approx(out["instance"]["tokens"] / out["user"]["tokens"])
+    assert out["sample_ratio"] == pytest.approx(sft.instance_count(train) / len(train))
+    assert len(out["user"]["rounds"]) == 2 and out["user"]["median_tokens_per_s"] > 0 and out["random_inputs"]
+    assert out["measured_cost_ratio_extrapolated"] == pytest.approx(
+        out["instance"]["full_epoch_s_extrapolated"] / out["user"]["full_epoch_s_extrapolated"])
+
+
+def test_text_id_mode_trains_and_extracts_without_a_projection(stage_inputs, tiny_llm):
+    prompt = {"mode": "text", "instruction": "Items:", "response": " Answer:"}
+    timing = run(stage_inputs, tiny_llm, settings=sft_settings(epochs=1, prompt=prompt))
+    adapter = stage_inputs["dir"] / "out" / "adapter"
+    assert set(torch.load(adapter / sft.MODULES_FILE, weights_only=True)) == {"head"}
+    assert timing["prompt"]["mode"] == "text" and timing["tokens"] > timing["samples"] * 4
+    d = stage_inputs["dir"]
+    extract_items(adapter, stage_inputs["table"], tiny_llm, {"dtype": "auto", "device": "cpu"}, d / "h.npy",
+                  d / "p.npy", d / "t.json", progress=False)
+    assert np.load(d / "h.npy").shape == (stage_inputs["num_items"] + 1, 32)

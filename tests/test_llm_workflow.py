@@ -125,5 +125,5 @@ def test_llm_setting_reruns_exactly_the_llm_stages_and_their_dependants(finished
     assert jobs.get("llm_sft") == 1 and jobs.get("train_backbone") == 1 and "llm_categories" not in jobs
     # options that cannot change a result trigger nothing
     jobs = jobs_to_run(edited_copy(finished_run, tmp_path / "runtime",
-                                   lambda c: c["llm"].update(checkpoint_every=7, extract_batch_size=5)))
+                                   lambda c: c["llm"].update(checkpoint_every=7, extract_batch_size=5, threads=1)))
     assert not LLM_RULES & set(jobs), jobs

@@ -266,7 +266,10 @@ def place(n: int, env: Mapping[str, str] | None = None, *, lock_dir: str | None 
         return Placement(env, None, f"no GPU found ({source}): running on the CPU")
     lock_dir = lock_dir or default_lock_dir(env)
     if timeout is None and env.get(ENV_TIMEOUT):
-        timeout = float(env[ENV_TIMEOUT])
+        try:
+            timeout = float(env[ENV_TIMEOUT])
+        except ValueError:
+            raise P2RecError(f"{ENV_TIMEOUT}={env[ENV_TIMEOUT]!r} is not a number of seconds") from None
     lease = acquire(pool, n, lock_dir, timeout=timeout, poll=poll, note=note, say=say)
     env[VISIBLE] = ",".join(lease.devices)
     if source == "nvidia-smi":  # nvidia-smi counts in PCI order; make CUDA count the same way

@@ -18,7 +18,7 @@ from p2rec import P2RecError
 from p2rec.io import save_npy, write_json
 from p2rec.llm.categories import load_item_table
 from p2rec.llm.loading import library_versions, peak_memory_mb
-from p2rec.llm.sft import MODULES_FILE, TEMPLATE_FILE, build_model, load_trained_modules
+from p2rec.llm.sft import MODULES_FILE, TEMPLATE_FILE, build_model, load_trained_modules, progress_options
 
 
 def read_template(adapter: Path) -> dict:
@@ -52,7 +52,7 @@ def extract_items(adapter: str | Path, item_table_path: str | Path, model_path: 
     items = np.arange(1, num_items + 1)
     tokens = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=num_items, unit="item", disable=not progress, desc="extract")
+    bar = tqdm(total=num_items, unit="item", disable=not progress, desc="extract", **progress_options())
     for start in range(0, num_items, batch_size):
         chunk = items[start:start + batch_size]
         batch = model.template.batch([[int(i)] for i in chunk]).to(device)

@@ -19,7 +19,7 @@ from p2rec.config import load_schema, train_settings
 
 #: bump when the code of a stage changes what it writes (an explicit rerun trigger, passed as a rule param)
 CODE_VERSIONS = {"convert": "convert-1", "categories": "categories-1", "sft": "sft-1", "extract": "extract-1",
-                 "reduce": "reduce-1", "pretrain": "pretrain-1"}
+                 "reduce": "reduce-1", "pretrain": "pretrain-1", "parse": "parse-1"}
 
 SFT_MODES = ("user", "instance")
 #: the output folder of each SFT mode under results/llm/{dataset}/ (also the variant names)
@@ -132,3 +132,20 @@ def pretrain_settings(config: dict, dataset: str) -> dict:
         "backbone_params": {pre["backbone"]: dict(pre.get("params", {}) or {})},
     }
     return train_settings(isolated, dataset, pre["backbone"])
+
+
+# ----------------------------------------------------------------------------------------------- workflow helpers
+#: SFT output folder (= variant name) -> SFT mode
+SFT_MODE = {folder: mode for mode, folder in SFT_DIRS.items()}
+
+
+def model_input(config: dict, dataset: str) -> list[str]:
+    """The converted packaged-model folder a stage needs as input, or nothing for a hub id / folder."""
+    return [config["llm"]["converted_dir"]] if llm_config(config, dataset)["model"] == "packaged" else []
+
+
+def llm_targets(config: dict) -> list[str]:
+    """Parsed-category evaluation of every configured LLM variant, and its table."""
+    files = [f"results/llm/{d}/{v}/parse_eval.json" for d in config["datasets"] for v in config["variants"]
+             if v in SFT_MODE]
+    return files + ["results/tables/categories.csv"] if files else []

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -142,14 +142,16 @@ def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, 
     template = PromptTemplate(tokenizer, prompt["instruction"], prompt["response"], prompt["mode"])
     for p in llm.parameters():
         p.requires_grad_(False)
-    if adapter is None:
-        try:
-            peft_model = get_peft_model(llm, lora_config(settings))
-        except ValueError as err:
-            raise P2RecError(f"config key 'llm.lora.target_modules': {str(err).splitlines()[0]} "
-                             f"(use 'all-linear' for architectures without Llama-style projection names)") from None
-    else:
-        peft_model = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
+    with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if adapter is None:
+            try:
+                peft_model = get_peft_model(llm, lora_config(settings))
+            except ValueError as err:
+                raise P2RecError(f"config key 'llm.lora.target_modules': {str(err).splitlines()[0]} (use "
+                                 f"'all-linear' for architectures without Llama-style projection names)") from None
+        else:
+            peft_model = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
     soft = None
     if template.mode == "soft":
         if item_table is None:
@@ -195,6 +197,13 @@ def _fingerprint(settings: dict, inputs: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def progress_options() -> dict:
+    """tqdm options: live on a terminal; into a log file (a workflow job), a line every 30 s at most."""
+    import sys
+
+    return {} if sys.stderr.isatty() else {"mininterval": 30.0, "ascii": True}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -210,6 +219,28 @@ def _load_lora_state(model: PreferenceModel, state: dict) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model.llm, state)
+
+
+def sft_loss(out: torch.Tensor, target: torch.Tensor, mode: str, loss: str = "mse") -> torch.Tensor:
+    """user: head output vs g_u (MSE, or KL(g_u || softmax)); instance: K-way cross-entropy."""
+    if mode == "instance":
+        return F.cross_entropy(out, target)
+    if loss == "kl":
+        return F.kl_div(F.log_softmax(out, -1), target, reduction="batchmean")
+    if loss == "mse":
+        return F.mse_loss(out, target)
+    raise P2RecError(f"config key 'llm.loss': unknown loss '{loss}' (mse, kl)")
+
+
+def train_step(model: PreferenceModel, optimizer, batch, target: torch.Tensor, mode: str, loss: str = "mse") -> float:
+    optimizer.zero_grad(set_to_none=True)
+    _, out = model(batch)
+    value = sft_loss(out, target, mode, loss)
+    if not torch.isfinite(value):
+        raise P2RecError(f"SFT loss became {value.item()}; lower llm.lr")
+    value.backward()
+    optimizer.step()
+    return float(value.item())
 
 
 def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categories_path: str | Path,
@@ -238,6 +269,8 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
         samples = user_samples(train, max_items)
         if g_u_path is None:
             raise P2RecError("user-level SFT needs g_u (--g-u)")
+        if not Path(g_u_path).exists():
+            raise P2RecError(f"{g_u_path}: g_u file not found")
         g_u = np.load(g_u_path, allow_pickle=False)
         if g_u.shape != (len(train), k) or not np.isfinite(g_u).all():
             raise P2RecError(f"{g_u_path}: g_u has shape {g_u.shape} (or non-finite values), expected "
@@ -306,7 +339,7 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
 
     model.train()
     bar = tqdm(total=epochs * len(chosen), initial=state["samples"], unit="sample", disable=not progress,
-               desc=f"{mode}-level SFT", smoothing=0.05)
+               desc=f"{mode}-level SFT", smoothing=0.05, **progress_options())
     while state["epoch"] < epochs:
         epoch = state["epoch"]
         batches = make_batches(lengths, settings["batch_size"], np.random.default_rng([int(settings["seed"]), epoch]))
@@ -314,21 +347,9 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
             idx = batches[state["batch"]]
             item_lists = [chosen.items(train, int(j)) for j in idx]
             batch = template.batch(item_lists).to(device)
+            target = targets_user[chosen.user[idx]] if mode == "user" else targets_inst[idx]
             t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            _, out = model(batch)
-            if mode == "user":
-                target = targets_user[chosen.user[idx]].to(device)
-                if settings["loss"] == "kl":
-                    loss = F.kl_div(F.log_softmax(out, -1), target, reduction="batchmean")
-                else:
-                    loss = F.mse_loss(out, target)
-            else:
-                loss = F.cross_entropy(out, targets_inst[idx].to(device))
-            if not torch.isfinite(loss):
-                raise P2RecError(f"SFT loss became {loss.item()} at step {state['step'] + 1}; lower llm.lr")
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, batch, target.to(device), mode, settings.get("loss", "mse"))
             _sync(device)
             state["train_s"] += time.perf_counter() - t0
             state["step"] += 1
@@ -336,10 +357,10 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
             state["samples"] += len(idx)
             state["tokens"] += batch.tokens
             state["padded_tokens"] += int(batch.token_ids.numel())
-            state["loss_sum"] += loss.item() * len(idx)
+            state["loss_sum"] += loss * len(idx)
             state["loss_n"] += len(idx)
             bar.update(len(idx))
-            bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
             if state["step"] % checkpoint_every == 0:
                 save_checkpoint()
             if on_step is not None:
