@@ -40,6 +40,11 @@ def final_targets():
     return run_metrics() + report_targets(config) + llm_targets(config)
 
 
+def data_entry(dataset):
+    """The catalog entry less its training overrides."""
+    return {k: v for k, v in config["catalog"][dataset].items() if k != "train"}
+
+
 def settings_json(wildcards):
     """Only the settings of this run: editing anything else never retrains it."""
     return json.dumps(train_settings(config, wildcards.dataset, wildcards.backbone), sort_keys=True)

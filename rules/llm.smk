@@ -10,7 +10,9 @@ from p2rec.llm.settings import (
     llm_targets,
     model_input,
     reduce_settings,
+    requested_gpus,
     runtime_settings,
+    sft_launcher,
     sft_settings,
 )
 
@@ -21,6 +23,9 @@ LLM_EXTRACT_OPTS = f"--batch-size {LLM_RUNTIME['extract_batch_size']}"
 # torch threads of an LLM job, declared to the scheduler so that concurrent jobs never oversubscribe the
 # cores (measured on a busy 2-core CPU: 25 tokens/s with 2 threads, 150 with 1); 0 = all of --cores
 LLM_THREADS = LLM_RUNTIME["threads"] or (workflow.cores if isinstance(workflow.cores, int) else 1)
+# `--set-resources llm_sft:gpu=N` (N > 1) runs the SFT data-parallel under torchrun, one process per device;
+# with one device the command text is the same as ever (p2rec.llm.settings.sft_launcher)
+SFT_GPUS = requested_gpus(workflow.resource_settings.overwrite_resources, "llm_sft")
 
 
 wildcard_constraints:
@@ -82,7 +87,7 @@ rule llm_sft:
         "results/logs/llm/{dataset}/sft_{sft}.log",
     shell:
         gpu_job(
-            "{P2REC} sft --mode {params.mode} --data {input.data} --item-table {input.table}"
+            sft_launcher(SFT_GPUS) + " sft --mode {params.mode} --data {input.data} --item-table {input.table}"
             " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
             " --out-dir results/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --threads {threads}"
             " > {log} 2>&1"

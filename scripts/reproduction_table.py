@@ -36,12 +36,14 @@ def main() -> None:
     parser.add_argument("--runs", action="append", required=True, help="LOSS=FOLDER (repeatable)")
     parser.add_argument("--published", default="results/reproduction/published.csv")
     parser.add_argument("--out", default="results/reproduction/table")
+    parser.add_argument("--datasets", nargs="+", default=["beauty", "yelp", "ml-1m"])
     args = parser.parse_args()
     rows = []
     for spec in args.runs:
         loss, folder = spec.split("=", 1)
         rows += collect(loss, Path(folder))
     runs = pd.DataFrame(rows)
+    runs = runs[runs["dataset"].isin(args.datasets)]
     grouped = runs.groupby(["dataset", "backbone", "loss"])
     table = grouped[["hr@10", "ndcg@10"]].agg(["mean", "std"])
     table.columns = [m if stat == "mean" else f"{m}_std" for m, stat in table.columns]

@@ -79,3 +79,47 @@ def test_second_workflow_reuses_cached_stage_until_a_setting_or_code_version_cha
     assert '"lr": 0.001}' in runs[str(setting[0])] and runs[str(setting[0])].endswith("sft-1")
     assert '"lr": 0.0001}' in runs[str(code[0])] and runs[str(code[0])].endswith("sft-2")
     assert len(list((tmp_path / "cache").glob("*_adapter.json"))) == 3
+
+
+def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(tmp_path):
+    """The workflow's own llm_sft / llm_extract / pretrain_backbone rules (tiny LLM): a second directory with
+    the same LLM settings takes them from the cache, a changed LLM setting computes them again."""
+    import yaml
+
+    from p2rec.llm.tiny import build_tiny_llm
+    from tests.test_llm_workflow import tiny_config
+
+    llm = build_tiny_llm(tmp_path / "tiny_llm")
+    (tmp_path / "cache").mkdir()
+    target = "results/llm/synthetic/p2rec/extract_timing.json"
+
+    def run(name: str, **llm_overrides) -> str:
+        work = tmp_path / name
+        work.mkdir()
+        config = tiny_config(llm)
+        config["llm"].update(llm_overrides)
+        (work / "config.yaml").write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+        env.update(SNAKEMAKE_OUTPUT_CACHE=str(tmp_path / "cache"), P2REC_GPUS="",
+                   P2REC_GPU_LOCK_DIR=str(tmp_path / "locks"))
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
+               "--cache", "--", target]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    sft = "results/llm/synthetic/p2rec"
+    log = run("first")
+    assert f"Moving output file {sft}/timing.json to cache." in log
+    assert f"Moving output file {sft}/item_hidden.npy to cache." in log
+    log = run("second")
+    # the extraction outputs come straight from the cache, so nothing upstream (SFT, stage 0) is even needed
+    assert f"Symlinking output file {sft}/item_hidden.npy from cache." in log
+    assert f"Symlinking output file {sft}/extract_timing.json from cache." in log
+    assert "to cache." not in log  # nothing computed again, stage 0 included
+    sft_log = tmp_path / "second" / "results/logs/llm/synthetic/sft_p2rec.log"
+    assert not sft_log.exists() or sft_log.read_text() == ""  # the stage never ran there
+    log = run("changed-lr", lr=0.001)
+    assert f"Moving output file {sft}/timing.json to cache." in log  # a new LLM setting: computed again
+    assert "Symlinking output file results/pretrain/synthetic/item_table.npy from cache." in log  # stage 0 reused
+    assert "Moving output file results/pretrain/synthetic/item_table.npy to cache." not in log

@@ -91,3 +91,10 @@ def test_tiny_workflow_runs_end_to_end(tmp_path):
     # nothing left to do: a second invocation is a no-op
     proc = snakemake(tmp_path, "-n", "--cores", "1")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    # a per-dataset training override retrains, but never re-prepares the data
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config["catalog"]["synthetic"]["train"] = {"batch_size": 16}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "--quiet", "rules")
+    jobs = {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert "train_backbone" in jobs and "prepare_dataset" not in jobs, proc.stdout

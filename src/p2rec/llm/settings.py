@@ -111,6 +111,38 @@ def runtime_settings(config: dict) -> dict:
             "threads": llm["threads"]}
 
 
+def requested_gpus(overrides, rule: str, default: int = 1) -> int:
+    """GPUs asked for a rule with ``--set-resources RULE:gpu=N`` (``workflow.resource_settings
+    .overwrite_resources``), else ``default``: known when the workflow is parsed, so the rule's command
+    can be chosen from it."""
+    mapping = (overrides or {}).get(rule) or {}
+    try:
+        value = mapping["gpu"]  # a dict, or snakemake's Resources (whose get() takes no default)
+    except KeyError:
+        return default
+    value = getattr(value, "raw", value)  # a parsed snakemake Resource
+    if callable(value):
+        return default
+    try:
+        gpus = int(value)
+    except (TypeError, ValueError):
+        raise P2RecError(f"--set-resources {rule}:gpu={value!r}: not a whole number") from None
+    if gpus < 0:
+        raise P2RecError(f"--set-resources {rule}:gpu={gpus}: must be >= 0")
+    return gpus
+
+
+def sft_launcher(gpus: int) -> str:
+    """The start of the sft command for ``gpus`` devices (a Snakemake shell template piece).
+
+    One device (or the CPU): ``{P2REC}``, i.e. ``python -m p2rec``, the command text of every earlier
+    run, so nothing reruns. Several: torchrun with one process per leased device (data-parallel LoRA
+    fine-tuning, p2rec.llm.sft); ``--standalone`` picks a free rendezvous port for each job."""
+    if int(gpus) <= 1:
+        return "{P2REC}"
+    return "python -m torch.distributed.run --standalone --nproc_per_node {resources.gpu} -m p2rec"
+
+
 def pretrain_settings(config: dict, dataset: str) -> dict:
     """Stage-0 settings: independent of the downstream ``train``/``eval``/``backbone_params`` sections."""
     schema = load_schema()["properties"]

@@ -9,11 +9,19 @@ Both read only the training split. Trainable: LoRA adapters (peft), the soft-tok
 Progress (samples, loss, tokens/s, ETA) via tqdm; a checkpoint every ``checkpoint_every`` optimiser steps
 (adapter, projection, head, optimiser, sampler position, RNG state) lets a killed run resume where it was.
 A checkpoint written under other settings or inputs is ignored, never resumed.
+
+Data-parallel: started by torchrun (``WORLD_SIZE`` > 1 in the environment), each process takes a disjoint
+slice of every global batch (the same batches, in the same order, as one process), the gradients of the
+trainable parameters are summed across processes weighted by slice size (so the step follows the mean
+over the whole global batch, even when the slices are uneven), and only rank 0 writes checkpoints,
+the adapter and ``timing.json``. One process (no ``WORLD_SIZE``, or 1) is the plain path.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -243,17 +251,106 @@ def train_step(model: PreferenceModel, optimizer, batch, target: torch.Tensor, m
     return float(value.item())
 
 
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job."""
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed | None:
+    """The torchrun process layout from ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; None for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    return Distributed(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _start_process_group(ddp: Distributed, device_setting: str) -> str:
+    """Join the process group (nccl on CUDA, gloo on the CPU); the device this rank uses."""
+    import torch.distributed as dist
+
+    on_cuda = torch.cuda.is_available() and (device_setting == "auto" or device_setting.startswith("cuda"))
+    device = f"cuda:{ddp.local_rank}" if on_cuda else device_setting
+    if on_cuda:
+        torch.cuda.set_device(ddp.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+    return device
+
+
+def shard(idx: np.ndarray, ddp: Distributed | None) -> np.ndarray:
+    """This rank's contiguous slice of a global batch (slice sizes differ by at most one)."""
+    return idx if ddp is None else np.array_split(idx, ddp.world)[ddp.rank]
+
+
+def shared_train_step(model: PreferenceModel, optimizer, params: list[torch.nn.Parameter], batch, target,
+                      n_global: int, mode: str, loss: str, device: torch.device) -> tuple[float, int, int]:
+    """One data-parallel step on this rank's slice (``batch`` None for an empty slice).
+
+    The local mean loss is scaled by n_local / n_global before backward, so the summed gradient over
+    the ranks is the gradient of the mean over the global batch. Returns the global mean loss and the
+    global real / padded token counts (the same on every rank)."""
+    import torch.distributed as dist
+
+    optimizer.zero_grad(set_to_none=True)
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, tokens, padded tokens
+    if batch is not None:
+        n_local = int(target.shape[0])
+        _, out = model(batch)
+        value = sft_loss(out, target, mode, loss)
+        (value * (n_local / n_global)).backward()
+        stats[0] = value.detach().double() * n_local
+        stats[1], stats[2] = batch.tokens, batch.token_ids.numel()
+    dist.all_reduce(stats)
+    global_loss = float(stats[0].item()) / n_global
+    if not np.isfinite(global_loss):
+        raise P2RecError(f"SFT loss became {global_loss}; lower llm.lr")
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+    optimizer.step()
+    return global_loss, int(stats[1].item()), int(stats[2].item())
+
+
 def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categories_path: str | Path,
             model_path: str, settings: dict, out_dir: str | Path, g_u_path: str | Path | None = None,
             checkpoint_every: int = 100, threads: int = 0, progress: bool = True,
             on_step: Callable[[int], None] | None = None) -> dict:
-    """Fine-tune; write ``out_dir/adapter/`` and ``out_dir/timing.json``; return the timing record."""
+    """Fine-tune; write ``out_dir/adapter/`` and ``out_dir/timing.json``; return the timing record.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 writes the outputs."""
+    ddp = distributed_from_env()
+    try:
+        return _run_sft(mode, data_path, item_table_path, categories_path, model_path, settings, out_dir, g_u_path,
+                        checkpoint_every, threads, progress, on_step, ddp)
+    finally:
+        if ddp is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _run_sft(mode, data_path, item_table_path, categories_path, model_path, settings, out_dir, g_u_path,
+             checkpoint_every, threads, progress, on_step, ddp: Distributed | None) -> dict:
     started = time.perf_counter()
+    main = ddp is None or ddp.main
     out_dir = Path(out_dir)
     if mode not in ("user", "instance"):
         raise P2RecError(f"unknown SFT mode '{mode}' (user, instance)")
     if threads:
-        torch.set_num_threads(threads)
+        # several processes on one machine share its cores
+        torch.set_num_threads(threads if ddp is None else max(1, threads // ddp.world))
     data = read_sequences(data_path)
     split = leave_one_out(data)
     train = split.train  # the only part of the data this stage reads
@@ -291,7 +388,11 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
     torch.manual_seed(int(settings["seed"]))
     np.random.seed(int(settings["seed"]) % 2**32)
     load_t0 = time.perf_counter()
-    model, device = build_model(model_path, settings, table, k)
+    if ddp is None:
+        model, device = build_model(model_path, settings, table, k)
+    else:
+        device_name = _start_process_group(ddp, settings["device"])
+        model, device = build_model(model_path, dict(settings, device=device_name), table, k)
     load_s = time.perf_counter() - load_t0
     template = model.template
     lengths = np.array([template.length(chosen.items(train, j)) for j in range(len(chosen))], dtype=np.int64)
@@ -303,14 +404,21 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
     state = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "padded_tokens": 0, "train_s": 0.0,
              "wall_s_before": 0.0, "sessions": 0, "history": [], "loss_sum": 0.0, "loss_n": 0}
     resumed_from = None
+    ckpt = None
     if checkpoint.exists():
         try:
             ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
         except Exception as err:
             raise P2RecError(f"{checkpoint}: unreadable checkpoint ({type(err).__name__}: {err}); delete it to start over") from None
+    if ddp is not None:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has read the checkpoint before rank 0 may delete it
+    if ckpt is not None:
         if ckpt.get("fingerprint") != fingerprint:
-            print(f"{checkpoint}: written under other settings or inputs; starting over", flush=True)
-            checkpoint.unlink()
+            if main:
+                print(f"{checkpoint}: written under other settings or inputs; starting over", flush=True)
+                checkpoint.unlink()
         else:
             _load_lora_state(model, ckpt["lora"])
             for name, module in model.trainable_modules().items():
@@ -321,12 +429,18 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
             if device.type == "cuda" and "cuda" in ckpt["rng"]:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
             resumed_from = state["step"]
-            if progress:
+            if main:  # always in the job log, as backbone training does
                 print(f"resuming from {checkpoint} at step {state['step']} (epoch {state['epoch'] + 1}, "
-                      f"batch {state['batch']})", flush=True)
+                      f"batch {state['batch']})", file=sys.stderr, flush=True)
     state["sessions"] += 1
+    params = trainable_parameters(model)
+    if ddp is not None:
+        for p in params:  # the same start on every rank (the seeded set-up already makes it so)
+            dist.broadcast(p.data, 0)
 
     def save_checkpoint():
+        if not main:
+            return
         rng = {"cpu": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -338,25 +452,35 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
                        tmp)
 
     model.train()
-    bar = tqdm(total=epochs * len(chosen), initial=state["samples"], unit="sample", disable=not progress,
+    bar = tqdm(total=epochs * len(chosen), initial=state["samples"], unit="sample", disable=not progress or not main,
                desc=f"{mode}-level SFT", smoothing=0.05, **progress_options())
     while state["epoch"] < epochs:
         epoch = state["epoch"]
         batches = make_batches(lengths, settings["batch_size"], np.random.default_rng([int(settings["seed"]), epoch]))
         while state["batch"] < len(batches):
             idx = batches[state["batch"]]
-            item_lists = [chosen.items(train, int(j)) for j in idx]
-            batch = template.batch(item_lists).to(device)
-            target = targets_user[chosen.user[idx]] if mode == "user" else targets_inst[idx]
+            mine = shard(idx, ddp)
+            if len(mine):
+                item_lists = [chosen.items(train, int(j)) for j in mine]
+                batch = template.batch(item_lists).to(device)
+                target = targets_user[chosen.user[mine]] if mode == "user" else targets_inst[mine]
+            else:  # a global batch smaller than the number of ranks
+                batch, target = None, None
             t0 = time.perf_counter()
-            loss = train_step(model, optimizer, batch, target.to(device), mode, settings.get("loss", "mse"))
+            if ddp is None:
+                loss = train_step(model, optimizer, batch, target.to(device), mode, settings.get("loss", "mse"))
+                tokens, padded = batch.tokens, int(batch.token_ids.numel())
+            else:
+                loss, tokens, padded = shared_train_step(
+                    model, optimizer, params, batch, None if target is None else target.to(device), len(idx), mode,
+                    settings.get("loss", "mse"), device)
             _sync(device)
             state["train_s"] += time.perf_counter() - t0
             state["step"] += 1
             state["batch"] += 1
             state["samples"] += len(idx)
-            state["tokens"] += batch.tokens
-            state["padded_tokens"] += int(batch.token_ids.numel())
+            state["tokens"] += tokens
+            state["padded_tokens"] += padded
             state["loss_sum"] += loss * len(idx)
             state["loss_n"] += len(idx)
             bar.update(len(idx))
@@ -389,15 +513,21 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss",
         "resumed_from_step": resumed_from, "history": state["history"], **library_versions(device),
     }
+    if ddp is not None:  # samples and tokens above are summed over the ranks
+        timing["world_size"] = ddp.world
     if sampled:
         timing["full_epoch"] = {**extrapolate(per_epoch_samples * epochs, state["tokens"], state["train_s"],
                                               len(full), full_tokens), "extrapolated": True}
     else:
         timing["full_epoch"]["wall_s"] = state["train_s"] / epochs
         timing["full_epoch"]["extrapolated"] = False
-    save_trained(model, out_dir / "adapter", settings, {"users": len(train), "samples_per_epoch": per_epoch_samples})
+    if main:
+        save_trained(model, out_dir / "adapter", settings, {"users": len(train), "samples_per_epoch": per_epoch_samples})
     timing["wall_s"] = state["wall_s_before"] + time.perf_counter() - started
     timing["sessions"] = state["sessions"]
-    write_json(out_dir / "timing.json", timing)
-    checkpoint.unlink(missing_ok=True)
+    if main:
+        write_json(out_dir / "timing.json", timing)
+        checkpoint.unlink(missing_ok=True)
+    if ddp is not None:
+        dist.barrier()  # no rank leaves before rank 0 has written the outputs
     return timing
