@@ -31,7 +31,7 @@ from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking
 from p2rec.io import write_text
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import environment, loss_on_batch, make_batches, resolve_device, seed_everything, training_pairs
+from p2rec.training import environment, make_batches, train_epoch, resolve_device, seed_everything, training_pairs
 
 COLUMNS = ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_eval_sec", "users_per_sec",
            "users", "training_sequences", "max_len", "repeats"]
@@ -72,11 +72,7 @@ def time_training(model, optimizer, pairs, batch_size: int, epochs: int, device,
     _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        for idx in make_batches(pairs, batch_size, rng):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_on_batch(model, [pairs[i] for i in idx], "ce", 0, device)
-            loss.backward()
-            optimizer.step()
+        train_epoch(model, optimizer, pairs, make_batches(pairs, batch_size, rng), "ce", 0, device)
     _sync(device)
     return (time.perf_counter() - start) / epochs
 

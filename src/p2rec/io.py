@@ -111,6 +111,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def read_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
+    """Load a .npy array (no pickles); a missing or unreadable file is an error that names it."""
+    from p2rec import P2RecError
+
+    path = Path(path)
+    if not path.exists():
+        raise P2RecError(f"{path}: {what} not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise P2RecError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)

@@ -13,20 +13,13 @@ from p2rec.config import check_settings
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import sample_negatives
-from p2rec.io import atomic_path, ensure_dir, save_npy, write_json, write_ranks, write_text
+from p2rec.io import read_npy, atomic_path, ensure_dir, save_npy, write_json, write_ranks, write_text
 from p2rec.models.registry import build_backbone
 from p2rec.training import seed_everything, train_backbone
 
 
 def load_item_init(path: str | Path) -> np.ndarray:
-    path = Path(path)
-    if not path.exists():
-        raise P2RecError(f"{path}: item-embedding file not found")
-    try:
-        table = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise P2RecError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
-    return np.asarray(table, dtype=np.float32)
+    return np.asarray(read_npy(path, "item-embedding file"), dtype=np.float32)
 
 
 def run_training(data_path: str | Path, settings: dict, seed: int, out_dir: str | Path,

@@ -316,21 +316,27 @@ def comparisons(grid: Grid, settings: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def significance_table(grid: Grid, settings: dict) -> pd.DataFrame:
-    """Every comparison over test users (seed-averaged per-user metric), Holm-adjusted as one family."""
-    rows = []
+def comparable_cells(grid: Grid, settings: dict):
+    """(dataset, backbone, metric, treatment, comparator, treatment cell, comparator cell) of every comparison
+    whose two cells both have finished runs."""
     for d, b in grid.rows():
         for metric in table_metrics(settings):
             for t, c in comparisons(grid, settings):
                 ct, cc = grid.cell(d, b, t), grid.cell(d, b, c)
-                if ct is None or cc is None or not ct.ok_runs or not cc.ok_runs:
-                    continue
-                res = compare_users(ct.user_means(metric), cc.user_means(metric), settings["test"],
-                                    n_bootstrap=settings["bootstrap_samples"],
-                                    n_permutations=settings["permutation_samples"], seed=settings["seed"])
-                rows.append({"dataset": d, "backbone": b, "metric": metric, "treatment": t, "comparator": c,
-                             "test": settings["test"], **res, "n_seeds": len(ct.ok_runs),
-                             "n_seeds_comparator": len(cc.ok_runs)})
+                if ct is not None and cc is not None and ct.ok_runs and cc.ok_runs:
+                    yield d, b, metric, t, c, ct, cc
+
+
+def significance_table(grid: Grid, settings: dict) -> pd.DataFrame:
+    """Every comparison over test users (seed-averaged per-user metric), Holm-adjusted as one family."""
+    rows = []
+    for d, b, metric, t, c, ct, cc in comparable_cells(grid, settings):
+        res = compare_users(ct.user_means(metric), cc.user_means(metric), settings["test"],
+                            n_bootstrap=settings["bootstrap_samples"],
+                            n_permutations=settings["permutation_samples"], seed=settings["seed"])
+        rows.append({"dataset": d, "backbone": b, "metric": metric, "treatment": t, "comparator": c,
+                     "test": settings["test"], **res, "n_seeds": len(ct.ok_runs),
+                     "n_seeds_comparator": len(cc.ok_runs)})
     table = pd.DataFrame(rows, columns=[c for c in SIGNIFICANCE_COLUMNS if c != "significant"])
     table["p_holm"] = adjust(table["p_raw"].to_numpy(dtype=float), settings["correction"]) if len(table) else []
     table["significant"] = table["p_holm"] < settings["alpha"]
@@ -340,14 +346,9 @@ def significance_table(grid: Grid, settings: dict) -> pd.DataFrame:
 def robustness_table(grid: Grid, settings: dict) -> pd.DataFrame:
     """Seed-level paired t-test (seeds matched by id) for the same comparisons; its own Holm family."""
     rows = []
-    for d, b in grid.rows():
-        for metric in table_metrics(settings):
-            for t, c in comparisons(grid, settings):
-                ct, cc = grid.cell(d, b, t), grid.cell(d, b, c)
-                if ct is None or cc is None or not ct.ok_runs or not cc.ok_runs:
-                    continue
-                res = compare_seeds(ct.seed_scores(metric), cc.seed_scores(metric))
-                rows.append({"dataset": d, "backbone": b, "metric": metric, "treatment": t, "comparator": c, **res})
+    for d, b, metric, t, c, ct, cc in comparable_cells(grid, settings):
+        res = compare_seeds(ct.seed_scores(metric), cc.seed_scores(metric))
+        rows.append({"dataset": d, "backbone": b, "metric": metric, "treatment": t, "comparator": c, **res})
     cols = ["dataset", "backbone", "metric", "treatment", "comparator", "n_seeds", "wins", "mean_diff", "effect",
             "statistic", "p_raw"]
     table = pd.DataFrame(rows, columns=cols)

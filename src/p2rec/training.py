@@ -93,6 +93,23 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
     raise P2RecError(f"config key 'train.loss': unknown loss '{loss}' (ce, bce, sampled)")
 
 
+def train_epoch(model: SequentialBackbone, optimizer, pairs: list[np.ndarray], batches, loss: str,
+                n_negatives: int, device: torch.device, epoch: int = 0) -> tuple[float, int]:
+    """One pass over ``batches`` (index arrays into ``pairs``); returns (summed loss x batch size, sequences)."""
+    total, count = 0.0, 0
+    for idx in batches:
+        batch = [pairs[i] for i in idx]
+        optimizer.zero_grad(set_to_none=True)
+        value = loss_on_batch(model, batch, loss, n_negatives, device)
+        if not torch.isfinite(value):
+            raise P2RecError(f"training loss became {value.item()} at epoch {epoch}; lower train.lr")
+        value.backward()
+        optimizer.step()
+        total += value.item() * len(batch)
+        count += len(batch)
+    return total, count
+
+
 @dataclass
 class TrainResult:
     valid: dict
@@ -178,17 +195,8 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         model.train()
         batches = make_batches(pairs, tr["batch_size"], np.random.default_rng([seed, epoch]), tr["bucket"])
         t0 = time.perf_counter()
-        total, count = 0.0, 0
-        for idx in batches:
-            batch = [pairs[i] for i in idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_on_batch(model, batch, tr["loss"], tr["n_negatives"], device)
-            if not torch.isfinite(loss):
-                raise P2RecError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower train.lr")
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
+        total, count = train_epoch(model, optimizer, pairs, batches, tr["loss"], tr["n_negatives"], device,
+                                   epoch=epoch + 1)
         _sync(device)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()

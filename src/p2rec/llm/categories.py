@@ -13,17 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from p2rec import P2RecError
+from p2rec.io import read_npy
 
 
 def load_item_table(path: str | Path, num_items: int | None = None, what: str = "item table") -> np.ndarray:
     """Read a ``[num_items + 1, d]`` float table; the error names the file for a wrong shape or NaN."""
     path = Path(path)
-    if not path.exists():
-        raise P2RecError(f"{path}: {what} not found")
-    try:
-        table = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise P2RecError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
+    table = read_npy(path, what)
     if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 1:
         raise P2RecError(f"{path}: {what} has shape {tuple(table.shape)}, expected [num_items + 1, d] "
                          f"(row 0 = padding)")

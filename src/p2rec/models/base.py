@@ -36,6 +36,12 @@ class SequentialBackbone(nn.Module):
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
 
+    @staticmethod
+    def position_ids(seqs: torch.Tensor) -> torch.Tensor:
+        """Positions counted back from the last item, so left padding never shifts them."""
+        t = seqs.shape[1]
+        return torch.arange(t - 1, -1, -1, device=seqs.device)
+
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 

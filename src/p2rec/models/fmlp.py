@@ -64,10 +64,8 @@ class FMLPRec(SequentialBackbone):
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         seqs = seqs[:, -self.max_len:]
-        t = seqs.shape[1]
         keep = (seqs > 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
-        # positions count back from the last item, so left padding does not shift them
-        positions = torch.arange(t - 1, -1, -1, device=seqs.device)
+        positions = self.position_ids(seqs)
         x = self.emb_drop(self.emb_norm(self.item_emb(seqs) + self.pos_emb(positions))) * keep
         for block in self.blocks:
             x = block(x, keep)

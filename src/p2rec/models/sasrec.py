@@ -59,8 +59,7 @@ class SASRec(SequentialBackbone):
         seqs = seqs[:, -self.max_len:]
         t = seqs.shape[1]
         keep = (seqs > 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
-        # positions count back from the last item, so left padding does not shift them
-        positions = torch.arange(t - 1, -1, -1, device=seqs.device)
+        positions = self.position_ids(seqs)
         x = self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(positions)
         x = self.emb_drop(x) * keep
         real = seqs > 0
