@@ -154,6 +154,19 @@ def test_left_padding_does_not_change_real_positions(name):
     assert torch.allclose(alone, model.score_last(seqs)[2:3], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_score_last_equals_the_last_output_of_forward(name):
+    """A backbone may shortcut inference (SASRec computes only the last query of its last block); the
+    scores must equal the full forward's last position times the item table, padded or not."""
+    model = _perturbed(name)
+    padded = _random_items((5, 12), seed=7)
+    padded[1, :5] = 0
+    padded[3, :11] = 0
+    for seqs in (padded, _random_items((3, 12), seed=8)):
+        reference = model.forward(seqs)[:, -1, :] @ model.item_table().T
+        assert torch.allclose(model.score_last(seqs), reference, atol=1e-5), name
+
+
 class _Bidirectional(SequentialBackbone):
     """Deliberately broken: every position sees the mean of the whole row (future and padding included)."""
     defaults: dict = {}

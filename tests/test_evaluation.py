@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2rec.evaluation import full_ranking, metrics_from_ranks, pad_left, per_user_metric, ranks_from_scores
+from p2rec.evaluation import equal_length_batches, full_ranking, metrics_from_ranks, pad_left, per_user_metric, ranks_from_scores
 
 
 def test_ranks_count_higher_and_ties_against_the_model():
@@ -53,6 +53,16 @@ def test_history_masking_padding_and_target_rules():
     assert full_ranking(score, inputs, np.array([2]), 5, mask_history=True).tolist() == [0]
     # a repeated target stays rankable under masking (target 3 is in the history)
     assert full_ranking(score, inputs, np.array([3]), 5, mask_history=True).tolist() == [0]
+
+
+def test_equal_length_batches_cover_every_input_once_with_one_length_each():
+    rng = np.random.default_rng(3)
+    inputs = [np.arange(1, n + 1) for n in rng.integers(1, 30, size=200)]
+    batches = equal_length_batches(inputs, max_len=12, batch_size=16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(200))
+    for idx in batches:
+        assert 0 < len(idx) <= 16 and len({min(len(inputs[i]), 12) for i in idx}) == 1
+    assert equal_length_batches([], 5, 4) == []
 
 
 def test_ranks_do_not_depend_on_batch_size():

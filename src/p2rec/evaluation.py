@@ -25,6 +25,16 @@ def pad_left(sequences: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def equal_length_batches(inputs: Sequence[np.ndarray], max_len: int, batch_size: int) -> list[np.ndarray]:
+    """Indices of ``inputs`` in batches of one input length (after truncation to ``max_len``): no padding, so
+    no compute is spent on it and attention needs no mask."""
+    lengths = np.minimum([len(s) for s in inputs], max_len)
+    order = np.argsort(lengths, kind="stable")
+    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
+    return [chunk for group in np.split(order, cuts) if len(group)
+            for chunk in np.array_split(group, -(-len(group) // batch_size))]
+
+
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Pessimistic rank of each target: strictly higher scores + equal scores of other items."""
     target_scores = scores.gather(1, targets.view(-1, 1))
@@ -44,11 +54,9 @@ def full_ranking(
     candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank each user's target among all items (or among ``candidates`` = target + sampled negatives)."""
-    order = np.argsort([len(s) for s in inputs], kind="stable")  # similar lengths share a batch: less padding
     ranks = np.empty(len(inputs), dtype=np.int64)
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in equal_length_batches(inputs, max_len, batch_size):
             batch = [inputs[i] for i in idx]
             seqs = pad_left(batch, max_len).to(device)
             scores = score_batch(seqs).float()

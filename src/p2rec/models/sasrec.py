@@ -28,19 +28,35 @@ class _Block(nn.Module):
         self.norm_ffn = nn.LayerNorm(hidden, eps=1e-8)
         self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), FastDropout(dropout), nn.Linear(hidden, hidden))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q_in = self.norm_attn(x)
+    def _heads(self, z: torch.Tensor) -> torch.Tensor:
+        b, t, d = z.shape
         # split + transpose (not a 5-d permute): its backward is a cheap concat, not a zero-fill
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(q_in).split(d, -1))
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )
-        attn = attn.transpose(1, 2).reshape(b, t, d)
-        x = q_in + self.drop(self.out(attn))
+        return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def _finish(self, q_in: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = attn.shape
+        x = q_in + self.drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
         h = self.norm_ffn(x)
-        x = h + self.drop(self.ffn(h))
-        return x * keep
+        return h + self.drop(self.ffn(h))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask=None``: no padding in the batch, plain causal attention (the fused kernel)."""
+        d = x.shape[-1]
+        q_in = self.norm_attn(x)
+        q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              dropout_p=self.attn_dropout if self.training else 0.0)
+        return self._finish(q_in, attn) * keep
+
+    def forward_last(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Output at the last position only (inference): keys and values for every position, one query."""
+        d = x.shape[-1]
+        q_in = self.norm_attn(x)
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
+        k, v = (self._heads(z) for z in F.linear(q_in, w[d:], bias[d:]).split(d, -1))
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return self._finish(q_in[:, -1:], attn)
 
 
 class SASRec(SequentialBackbone):
@@ -55,17 +71,32 @@ class SASRec(SequentialBackbone):
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        seqs = seqs[:, -self.max_len:]
+    def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Embedded inputs, keep [B, T, 1], real [B, T] and the attention mask (None without padding)."""
         t = seqs.shape[1]
-        keep = (seqs > 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
-        positions = self.position_ids(seqs)
-        x = self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(positions)
-        x = self.emb_drop(x) * keep
         real = seqs > 0
+        keep = real.unsqueeze(-1).to(self.item_emb.weight.dtype)
+        x = self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs))
+        x = self.emb_drop(x) * keep
+        if bool(real.all()):
+            return x, keep, real, None
         eye = torch.eye(t, dtype=torch.bool, device=seqs.device)
         causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
         mask = (causal & (real[:, None, :] | eye)).unsqueeze(1)  # [B, 1, T(query), T(key)]
+        return x, keep, real, mask
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        x, keep, _, mask = self._embed(seqs[:, -self.max_len:])
         for block in self.blocks:
             x = block(x, keep, mask)
         return self.final_norm(x)
+
+    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores after the last position; the last block computes only the last query (its only use here).
+        The last position is a real item in every evaluation input (inputs are left-padded, never empty)."""
+        x, keep, real, mask = self._embed(seqs[:, -self.max_len:])
+        for block in self.blocks[:-1]:
+            x = block(x, keep, mask)
+        key_mask = None if mask is None else real[:, None, None, :]
+        hidden = self.final_norm(self.blocks[-1].forward_last(x, key_mask))[:, 0]
+        return hidden @ self.item_table().T
