@@ -332,3 +332,29 @@ def test_workflow_tables_plots_and_report(workflow_run):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs = {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert "paper_tables" in jobs and "train_backbone" not in jobs and "pretrain_backbone" not in jobs
+
+
+def test_p2rec_summary_script_reports_per_seed_scores_and_user_level_ttests(tmp_path):
+    """scripts/p2rec_summary.py on the fixture runs: one row per run, and its 'mean over seeds' p-value is
+    scipy's paired t-test on each user's NDCG@10 averaged over both seeds."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "runs").symlink_to(RUNS)
+    (results / "llm").symlink_to(FIXTURES / "llm")
+    out = tmp_path / "summary"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "p2rec_summary.py"), "--dataset", "toy", "--backbone",
+                    "sasrec", "--results", str(results), "--out", str(out)], check=True, capture_output=True)
+    per_seed = pd.read_csv(out / "toy_sasrec.csv")
+    assert sorted(zip(per_seed["variant"], per_seed["seed"])) == [
+        ("cf_init", 1), ("cf_init", 2), ("none", 1), ("none", 2), ("p2rec", 1), ("p2rec", 2)]
+    tests = pd.read_csv(out / "toy_sasrec_tests.csv")
+    row = tests[(tests["comparator"] == "none") & (tests["metric"] == "ndcg@10") & (tests["seeds"] == "mean over seeds")]
+
+    def user_means(variant):
+        runs = [load_run(RUNS / "toy" / "sasrec" / variant / f"seed{s}" / "metrics.json").ranks() for s in (1, 2)]
+        return pd.concat([pd.Series(per_user_metric(r.to_numpy(), "ndcg@10"), index=r.index) for r in runs], axis=1).mean(axis=1)
+
+    t, c = user_means("p2rec"), user_means("none")
+    expected = stats.ttest_rel(t.loc[c.index], c).pvalue
+    assert row["p_value"].iloc[0] == pytest.approx(expected, rel=1e-4)
+    assert json.loads((out / "toy_timings.json").read_text())["sft_samples"] is not None
