@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-override", type=json.loads, default={},
                         help='JSON merged into every run\'s train settings, e.g. \'{"weight_decay": 1e-4}\'')
+    parser.add_argument("--model-override", type=json.loads, default={},
+                        help='JSON merged into every run\'s backbone parameters, e.g. \'{"dropout": 0.1}\'')
     args = parser.parse_args()
 
     config = validate_config(yaml.safe_load(Path(args.config).read_text()))
@@ -69,6 +71,7 @@ def main() -> None:
             sys.exit(f"error: prepared data {data} not found (run the workflow's prepare_dataset for '{dataset}')")
         settings = train_settings(config, dataset, backbone)
         settings["train"].update(args.train_override)
+        settings["model"].update(args.model_override)
         settings["train"].update(loss=loss, device=args.device, threads=args.threads)
         queue.append((run_dir, [sys.executable, "-m", "p2rec", "train", "--data", str(data),
                                 "--settings", json.dumps(settings, sort_keys=True), "--seed", str(seed),
