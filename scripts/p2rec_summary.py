@@ -4,7 +4,7 @@ t-tests over users, stage timings and category-parsing agreement.
 Reads results/runs/{dataset}/{backbone}/{variant}/seed*/ (metrics.json, ranks.csv.gz, timing.json),
 results/pretrain/{dataset}/run/timing.json, results/llm/{dataset}/{sft}/{timing,extract_timing,parse_eval}.json.
 Writes into --out:
-  {dataset}_{backbone}.csv              variant, seed, hr@10, ndcg@10, best_epoch, epochs, seconds_per_epoch
+  {dataset}_{backbone}{tag}.csv         variant, seed, hr@10, ndcg@10, best_epoch, epochs, seconds_per_epoch
   {dataset}_{backbone}_tests.csv        treatment, comparator, metric, means, relative effect, p-value
   {dataset}_timings.json                stage-0, SFT and extraction wall times, SFT samples and tokens/s
   categories.csv                        dataset, comparison, ari, nmi, items (rows of other datasets kept)
@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--sft", default="p2rec", help="LLM stage folder results/llm/{dataset}/{sft}/")
     parser.add_argument("--results", default="results")
     parser.add_argument("--out", default="results/p2rec")
+    parser.add_argument("--tag", default="", help="suffix of the output names and of the categories' variant label "
+                                                  "(an ablation's results beside the default's)")
     args = parser.parse_args()
     res, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ def main() -> None:
                      "best_epoch": r.metrics.get("best_epoch"), "epochs": r.metrics.get("epochs"),
                      "seconds_per_epoch": timing.get("seconds_per_epoch"), "device": timing.get("device")})
     per_seed = pd.DataFrame(rows)
-    stem = f"{args.dataset}_{args.backbone}"
+    stem = f"{args.dataset}_{args.backbone}{args.tag}"
     per_seed.to_csv(out / f"{stem}.csv", index=False, float_format="%.6g")
 
     ranks = {v: {r.seed: r.ranks() for r in runs if r.variant == v} for v in args.variants}
@@ -94,14 +96,15 @@ def main() -> None:
         "extract_wall_s": extract.get("wall_s"), "extract_items": extract.get("items"),
         "extract_tokens_per_s": extract.get("tokens_per_s"), "model": sft.get("model"),
     }
-    (out / f"{args.dataset}_timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    (out / f"{args.dataset}{args.tag}_timings.json").write_text(json.dumps(timings, indent=1) + "\n")
 
     parse = read(llm / "parse_eval.json")
     cat_path = out / "categories.csv"
     old = pd.read_csv(cat_path) if cat_path.exists() else pd.DataFrame()
-    new = pd.DataFrame([{"dataset": args.dataset, "variant": args.sft, **row} for row in parse.get("rows", [])])
+    label = args.sft + args.tag
+    new = pd.DataFrame([{"dataset": args.dataset, "variant": label, **row} for row in parse.get("rows", [])])
     if not old.empty:
-        old = old[~((old["dataset"] == args.dataset) & (old["variant"] == args.sft))]
+        old = old[~((old["dataset"] == args.dataset) & (old["variant"] == label))]
     cats = pd.concat([old, new], ignore_index=True)
     if not cats.empty:
         cats = cats[["dataset", "variant", "comparison", "ari", "nmi", "items"]].sort_values(["dataset", "variant"])
