@@ -66,3 +66,7 @@ class Caser(SequentialBackbone):
                 parts.append(pooled.transpose(1, 2))
         z = F.relu(self.fc1(self.drop(torch.cat(parts, -1))))
         return self.fc2(z)
+
+    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The last position reads only the last ``window`` items: encode just that window."""
+        return super().score_last(seqs[:, -self.window:])

@@ -50,6 +50,14 @@ class _FilterBlock(nn.Module):
         x = self.ffn_norm(self.ffn_drop(self.ffn(x)) + x)
         return x * keep
 
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Output at the last position only (inference): the causal filter there is one dot product per
+        dimension over the lags, so neither the FFT nor the feed-forward layer runs for other positions."""
+        t = x.shape[1]
+        mixed = (x.flip(1) * self.impulse_response()[:t]).sum(1, keepdim=True)  # sum over lag of k[lag] x[t-1-lag]
+        h = self.filter_norm(self.filter_drop(mixed) + x[:, -1:])
+        return self.ffn_norm(self.ffn_drop(self.ffn(h)) + h)
+
 
 class FMLPRec(SequentialBackbone):
     defaults = {"num_layers": 2, "dropout": 0.5}
@@ -62,11 +70,21 @@ class FMLPRec(SequentialBackbone):
         self.blocks = nn.ModuleList(_FilterBlock(hidden, max_len, dropout, self.init_std) for _ in range(num_layers))
         self.apply(self._init_weights)
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        seqs = seqs[:, -self.max_len:]
+    def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keep = (seqs > 0).unsqueeze(-1).to(self.item_emb.weight.dtype)
         positions = self.position_ids(seqs)
-        x = self.emb_drop(self.emb_norm(self.item_emb(seqs) + self.pos_emb(positions))) * keep
+        return self.emb_drop(self.emb_norm(self.item_emb(seqs) + self.pos_emb(positions))) * keep, keep
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        x, keep = self._embed(seqs[:, -self.max_len:])
         for block in self.blocks:
             x = block(x, keep)
         return x
+
+    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores after the last position (a real item in every evaluation input); the last block computes
+        that position only."""
+        x, keep = self._embed(seqs[:, -self.max_len:])
+        for block in self.blocks[:-1]:
+            x = block(x, keep)
+        return self.blocks[-1].forward_last(x)[:, 0] @ self.item_table().T
