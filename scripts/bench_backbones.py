@@ -30,6 +30,7 @@ from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking
 from p2rec.io import write_text
+from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
 from p2rec.training import environment, make_batches, train_epoch, resolve_device, seed_everything, training_pairs
 
@@ -52,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--compare-generic", action="store_true",
+                   help="also time the reference evaluation path (full forward, padded batches) and report the "
+                        "speed-up and the share of identical ranks")
     args = p.parse_args(argv)
     unknown = [b for b in args.backbones if b not in BACKBONES]
     if unknown:
@@ -77,13 +81,17 @@ def time_training(model, optimizer, pairs, batch_size: int, epochs: int, device,
     return (time.perf_counter() - start) / epochs
 
 
-def time_evaluation(model, inputs, targets, max_len: int, batch_size: int, device) -> float:
+def time_evaluation(model, inputs, targets, max_len: int, batch_size: int, device, generic: bool = False):
+    """Seconds of one full-ranking pass, and its ranks. ``generic``: the reference path (the full forward's
+    last position, padded batches) instead of the backbone's ``score_last`` over equal-length batches."""
     model.eval()
+    score = (lambda seqs: SequentialBackbone.score_last(model, seqs)) if generic else model.score_last
     _sync(device)
     start = time.perf_counter()
-    full_ranking(model.score_last, inputs, targets, max_len, mask_history=True, batch_size=batch_size, device=device)
+    ranks = full_ranking(score, inputs, targets, max_len, mask_history=True, batch_size=batch_size, device=device,
+                         batching="padded" if generic else "equal_length")
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, ranks
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -100,22 +108,30 @@ def run(args: argparse.Namespace) -> list[dict]:
         seed_everything(args.seed)
         model = build_backbone(name, data.num_items, args.hidden, args.max_len).to(device)
         setups[name] = (model, torch.optim.Adam(model.parameters(), lr=args.lr), np.random.default_rng(args.seed))
-    times = {name: {"train": [], "valid": [], "test": []} for name in args.backbones}
+    times = {name: {"train": [], "valid": [], "test": [], "generic": [], "rank_agreement": []} for name in args.backbones}
     for rep in range(args.repeat):
         for name, (model, optimizer, rng) in setups.items():
             t = times[name]
             t["train"].append(time_training(model, optimizer, pairs, args.batch_size, args.epochs_to_time, device, rng))
             with torch.no_grad():
                 t["valid"].append(time_evaluation(model, split.inputs("valid"), split.targets("valid"), args.max_len,
-                                                  args.eval_batch_size, device))
-                t["test"].append(time_evaluation(model, split.inputs("test"), split.targets("test"), args.max_len,
-                                                 args.eval_batch_size, device))
+                                                  args.eval_batch_size, device)[0])
+                seconds, ranks = time_evaluation(model, split.inputs("test"), split.targets("test"), args.max_len,
+                                                 args.eval_batch_size, device)
+                t["test"].append(seconds)
+                if args.compare_generic:
+                    seconds, reference = time_evaluation(model, split.inputs("test"), split.targets("test"),
+                                                         args.max_len, args.eval_batch_size, device, generic=True)
+                    t["generic"].append(seconds)
+                    t["rank_agreement"].append(float(np.mean(ranks == reference)))
             print(f"repeat {rep + 1}/{args.repeat} {name}: epoch {t['train'][-1]:.2f}s, valid pass "
-                  f"{t['valid'][-1]:.3f}s, test pass {t['test'][-1]:.3f}s", file=sys.stderr, flush=True)
+                  f"{t['valid'][-1]:.3f}s, test pass {t['test'][-1]:.3f}s"
+                  + (f", generic test pass {t['generic'][-1]:.3f}s" if args.compare_generic else ""),
+                  file=sys.stderr, flush=True)
     rows = []
     users = len(split.users)
     for name, (model, _, _) in setups.items():
-        t = {k: statistics.median(v) for k, v in times[name].items()}
+        t = {k: statistics.median(v) for k, v in times[name].items() if v}
         rows.append({
             "backbone": name,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -128,7 +144,14 @@ def run(args: argparse.Namespace) -> list[dict]:
             "max_len": args.max_len,
             "repeats": args.repeat,
         })
+        if args.compare_generic:
+            rows[-1].update(generic_test_eval_sec=round(t["generic"], 4), eval_speedup=round(t["generic"] / t["test"], 2),
+                            rank_agreement=min(times[name]["rank_agreement"]))
     return rows
+
+
+def columns(args: argparse.Namespace) -> list[str]:
+    return COLUMNS + (["generic_test_eval_sec", "eval_speedup", "rank_agreement"] if args.compare_generic else [])
 
 
 def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
@@ -140,10 +163,14 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
         f"per repeat; evaluation: full ranking of all items for every user, history masked, eval batch "
         f"{args.eval_batch_size}. Throughput = users / test-pass seconds.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        "| " + " | ".join(columns(args)) + " |",
+        "|" + "|".join("---" for _ in columns(args)) + "|",
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns(args)) + " |" for r in rows]
+    if args.compare_generic:
+        lines += ["", "generic_test_eval_sec: the reference path (full forward's last position, inputs sorted by "
+                  "length in padded batches); eval_speedup = generic / test_eval_sec; rank_agreement: share of "
+                  "users whose test rank is identical on both paths (minimum over repeats)."]
     lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
 
@@ -153,7 +180,7 @@ def main(argv=None) -> list[dict]:
     rows = run(args)
     env = environment(resolve_device(args.device))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=columns(args))
     writer.writeheader()
     writer.writerows(rows)
     out = Path(args.out)

@@ -306,6 +306,10 @@ def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
     assert header.split(",")[:6] == ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_eval_sec",
                                      "users_per_sec"]
     assert "| sasrec |" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
+    # the reference evaluation path (full forward, padded batches) ranks every user exactly as the fast one
+    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
+                       "--batch-size", "8", "--eval-batch-size", "3", "--compare-generic", "--out", str(out)])
+    assert all(r["rank_agreement"] == 1.0 and r["generic_test_eval_sec"] > 0 for r in rows)
 
 
 def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):

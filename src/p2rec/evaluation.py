@@ -52,11 +52,22 @@ def full_ranking(
     batch_size: int = 2048,
     device: str | torch.device = "cpu",
     candidates: np.ndarray | None = None,
+    batching: str = "equal_length",
 ) -> np.ndarray:
-    """Rank each user's target among all items (or among ``candidates`` = target + sampled negatives)."""
+    """Rank each user's target among all items (or among ``candidates`` = target + sampled negatives).
+
+    ``batching``: "equal_length" (inputs of one length per batch, no padding) or "padded" (inputs sorted by
+    length, ``batch_size`` per batch, left-padded to the batch's longest; kept as the benchmark's reference)."""
+    if batching == "equal_length":
+        batches = equal_length_batches(inputs, max_len, batch_size)
+    elif batching == "padded":
+        order = np.argsort([len(s) for s in inputs], kind="stable")
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        raise ValueError(f"unknown batching {batching!r} (equal_length, padded)")
     ranks = np.empty(len(inputs), dtype=np.int64)
     with torch.no_grad():
-        for idx in equal_length_batches(inputs, max_len, batch_size):
+        for idx in batches:
             batch = [inputs[i] for i in idx]
             seqs = pad_left(batch, max_len).to(device)
             scores = score_batch(seqs).float()
