@@ -17,14 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from p2rec.config import validate_config  # noqa: E402
 from p2rec.data.sequences import read_sequences  # noqa: E402
 from p2rec.data.split import leave_one_out  # noqa: E402
 from p2rec.llm import categories as cat  # noqa: E402
 from p2rec.llm.extract import extract_items  # noqa: E402
+from p2rec.llm.settings import sft_settings  # noqa: E402
 from p2rec.llm.sft import run_sft  # noqa: E402
 from p2rec.llm.tiny import build_tiny_llm  # noqa: E402
 
@@ -32,13 +35,10 @@ K = 8
 
 
 def settings(device: str) -> dict:
-    return {"model": "tiny", "dtype": "auto", "device": device, "k": K, "max_items": 20,
-            "prompt": {"mode": "soft", "instruction": "A user interacted with these items, in order:",
-                       "response": "\nThe user's preferences:"},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.1,
-                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-            "lr": 1e-3, "weight_decay": 0.0, "epochs": 1, "batch_size": 16, "seed": 0, "loss": "mse",
-            "instance": {"max_samples": None, "sample_seed": 0}}
+    """The committed config's user-level SFT settings (prompt, LoRA, batch, epochs), for the tiny model, with
+    K = 8 and a larger learning rate so that one short epoch moves the head."""
+    config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    return {**sft_settings(config, "synthetic", "user"), "model": "tiny", "device": device, "k": K, "lr": 1e-3}
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def collect(loss: str, root: Path) -> list[dict]:
         device = timing.get("gpu") or f"cpu ({timing.get('machine', '?')})"
         rows.append({"dataset": dataset, "backbone": backbone, "loss": loss, "device": device, "seed": metrics["seed"],
                      "hr@10": metrics["test"]["hr@10"], "ndcg@10": metrics["test"]["ndcg@10"],
-                     "epochs": metrics["epochs"]})
+                     "epochs": metrics["epochs"], "threads": timing.get("torch_threads")})
     return rows
 
 
@@ -69,9 +69,11 @@ def main() -> None:
     for col in shown.columns:
         if shown[col].dtype.kind == "f":
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    cpu = runs[runs["device"].str.startswith("cpu")]
+    cpu_threads = " or ".join(str(t) for t in sorted(cpu["threads"].dropna().astype(int).unique())) or "?"
     caption = (f"Test HR@10 / NDCG@10, full ranking over all items, history masked, mean (std) over seeds; "
                f"ratio = ours / published; std empty for one seed; epochs = mean epochs run (early stopping). "
-               f"Device as each run's timing.json records it (CPU runs, 1 or 2 torch threads: the {platform.machine()} 2-core "
+               f"Device as each run's timing.json records it (CPU runs, {cpu_threads} torch thread(s): the {platform.machine()} 2-core "
                f"development machine; GPU runs: several runs at once on one GPU via scripts/reproduce_grid.py). "
                f"Published numbers: {args.published}.")
     out.with_suffix(".md").write_text(caption + "\n\n" + shown.to_markdown(index=False) + "\n")
