@@ -248,9 +248,22 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
     lines += ["", "RecBole model settings (others at RecBole's defaults): " + "; ".join(recbole_settings),
               "p2rec model settings (module defaults): " +
               "; ".join(f"{m} {json.dumps(s, sort_keys=True)}" for m, s in p2rec_settings.items()),
-              "", "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+              "", "Command: `python scripts/bench_recbole.py " + " ".join(sys.argv[1:]) + "`",
+              "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()),
               "RecBole environment: " + ", ".join(f"{k} {v}" for k, v in recbole_env.items()), ""]
     return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict], args, recbole_env: dict, p2rec_settings: dict) -> str:
+    out = Path(args.out_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "recbole.csv", buf.getvalue())
+    md = to_markdown(rows, args, environment(resolve_device(args.device)), recbole_env, p2rec_settings)
+    write_text(out / "recbole.md", md)
+    return md
 
 
 def main(argv=None) -> list[dict]:
@@ -272,14 +285,8 @@ def main(argv=None) -> list[dict]:
         rows += [_row("p2rec", model, ours), _row("recbole", model, rb)]
         print(f"{model}: p2rec {ours['sec_per_epoch']:.2f}s/epoch vs RecBole {rb['sec_per_epoch']:.2f}s/epoch",
               file=sys.stderr, flush=True)
-    out = Path(args.out_dir)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "recbole.csv", buf.getvalue())
-    md = to_markdown(rows, args, environment(resolve_device(args.device)), recbole_env, p2rec_settings)
-    write_text(out / "recbole.md", md)
+        # rewritten after every model, so a long comparison keeps what it has finished if it is stopped
+        md = write_outputs(rows, args, recbole_env, p2rec_settings)
     print(md)
     print(f"done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return rows

@@ -2,8 +2,11 @@
 extrapolation, resume, extraction, reduction and bad inputs. A tiny 2-layer Llama keeps them fast."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -504,6 +507,28 @@ def test_side_by_side_bench_reports_both_modes_and_the_ratios(stage_inputs, tiny
     assert len(out["user"]["rounds"]) == 2 and out["user"]["median_tokens_per_s"] > 0 and out["random_inputs"]
     assert out["measured_cost_ratio_extrapolated"] == pytest.approx(
         out["instance"]["full_epoch_s_extrapolated"] / out["user"]["full_epoch_s_extrapolated"])
+
+
+def test_bench_table_rows_and_cli_outputs(stage_inputs, tiny_llm, tmp_path):
+    from p2rec.llm.bench import bench_sft
+
+    out = bench_sft(stage_inputs["data"], tiny_llm, sft_settings(), rounds=1, steps=1, progress=False)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(out))
+    subprocess.run([sys.executable, "-m", "p2rec", "sft-bench-table", "--inputs", str(path), "--out",
+                    str(tmp_path / "ratios")], check=True)
+    rows = list(csv.DictReader((tmp_path / "ratios.csv").open()))
+    assert [r["dataset"] for r in rows] == ["tiny"] and rows[0]["extrapolated"] == "True"
+    assert float(rows[0]["measured_cost_ratio"]) == pytest.approx(out["measured_cost_ratio_extrapolated"], abs=0.005)
+    assert float(rows[0]["theoretical_token_ratio"]) == pytest.approx(
+        out["instance"]["tokens"] / out["user"]["tokens"], abs=0.005)
+    assert "extrapolated" in (tmp_path / "ratios.md").read_text()
+    del out["instance"]
+    path.write_text(json.dumps(out))
+    bad = subprocess.run([sys.executable, "-m", "p2rec", "sft-bench-table", "--inputs", str(path), "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "'tiny'" in bad.stderr and "instance" in bad.stderr
+    assert not (tmp_path / "bad.csv").exists()
 
 
 def test_text_id_mode_trains_and_extracts_without_a_projection(stage_inputs, tiny_llm):

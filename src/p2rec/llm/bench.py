@@ -107,3 +107,34 @@ def bench_sft(data_path: str | Path, model_path: str, settings: dict, rounds: in
     out["sample_ratio"] = full["instance"]["samples"] / full["user"]["samples"]
     out["ratio_deviation"] = out["measured_cost_ratio_extrapolated"] / out["theoretical_token_ratio"] - 1
     return out
+
+
+BENCH_COLUMNS = ["dataset", "user_samples", "instance_samples", "user_tokens", "instance_tokens",
+                 "theoretical_token_ratio", "sample_ratio", "user_tokens_per_s", "instance_tokens_per_s",
+                 "user_epoch_s", "instance_epoch_s", "measured_cost_ratio", "deviation", "extrapolated",
+                 "device", "torch_threads"]
+
+
+def bench_table(results: dict[str, dict]) -> list[dict]:
+    """One row per dataset from ``bench_sft`` results ({dataset: result}); both epoch times are
+    extrapolated from the measured medians, so every row says so."""
+    rows = []
+    for dataset, r in results.items():
+        try:
+            user, inst = r["user"], r["instance"]
+            rows.append({
+                "dataset": dataset, "user_samples": user["samples"], "instance_samples": inst["samples"],
+                "user_tokens": user["tokens"], "instance_tokens": inst["tokens"],
+                "theoretical_token_ratio": round(r["theoretical_token_ratio"], 2),
+                "sample_ratio": round(r["sample_ratio"], 2),
+                "user_tokens_per_s": round(user["median_tokens_per_s"], 1),
+                "instance_tokens_per_s": round(inst["median_tokens_per_s"], 1),
+                "user_epoch_s": round(user["full_epoch_s_extrapolated"]),
+                "instance_epoch_s": round(inst["full_epoch_s_extrapolated"]),
+                "measured_cost_ratio": round(r["measured_cost_ratio_extrapolated"], 2),
+                "deviation": f"{r['ratio_deviation']:+.1%}", "extrapolated": True,
+                "device": r["device"], "torch_threads": r.get("torch_threads", ""),
+            })
+        except KeyError as err:
+            raise P2RecError(f"sft-bench result for {dataset!r} has no key {err}: not written by 'p2rec sft-bench'?")
+    return rows

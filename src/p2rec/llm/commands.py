@@ -76,6 +76,11 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.set_defaults(func=_sft_bench)
 
+    p = sub.add_parser("sft-bench-table", help="one table (CSV + markdown) of several sft-bench results")
+    p.add_argument("--inputs", nargs="+", required=True, help="sft-bench JSON files, named <dataset>.json")
+    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
+    p.set_defaults(func=_sft_bench_table)
+
     p = sub.add_parser("parse-table", help="collect parse-eval results into one CSV (dataset, variant, comparison, ari, nmi)")
     p.add_argument("--inputs", nargs="+", required=True, help="parse_eval.json files results/llm/{dataset}/{variant}/...")
     p.add_argument("--out", required=True)
@@ -168,6 +173,24 @@ def _parse_table(args):
             lines.append(f"{dataset},{variant},{row['comparison']},{row['items']},{row['ari']:.6f},{row['nmi']:.6f}")
     write_text(args.out, "\n".join(lines) + "\n")
     print(f"{len(lines) - 1} rows -> {args.out}")
+
+
+def _sft_bench_table(args):
+    import pandas as pd
+
+    from p2rec.io import read_json, write_text
+    from p2rec.llm.bench import BENCH_COLUMNS, bench_table
+
+    rows = bench_table({Path(f).stem: read_json(f) for f in args.inputs})
+    frame = pd.DataFrame(rows, columns=BENCH_COLUMNS)
+    write_text(f"{args.out}.csv", frame.to_csv(index=False))
+    caption = ("Instance-level vs user-level SFT cost per dataset, from `p2rec sft-bench` (user-level and "
+               "instance-level steps alternated in one process on one device; medians over rounds). Both epoch "
+               "times are **extrapolated** from the measured medians and the exact token counts of one epoch; "
+               "measured_cost_ratio = instance_epoch_s / user_epoch_s, deviation = measured / theoretical token "
+               "ratio - 1.")
+    write_text(f"{args.out}.md", caption + "\n\n" + frame.to_markdown(index=False) + "\n")
+    print(f"{len(rows)} rows -> {args.out}.csv, {args.out}.md")
 
 
 def _sft_bench(args):
