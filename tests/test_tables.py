@@ -229,6 +229,15 @@ def test_new_variants_appear_without_code_change_and_collect_rebuilds(tmp_path):
     config.update(datasets=["toy", "mini"], backbones=["sasrec"], seeds=[1, 2], variants=["none", "p2rec"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out2 = tmp_path / "tables2"
+    config.update(datasets=["toy"])  # first a one-dataset grid: its plots and SFT rows only
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert cli(["tables", "--from", str(collected), "--out", str(out2), "--config", str(tmp_path / "config.yaml"),
+                "--plots", str(tmp_path / "plots2")]) == 0
+    assert (tmp_path / "plots2/toy/scores.png").exists() and not (tmp_path / "plots2/mini").exists()
+    eff = pd.read_csv(out2 / "efficiency.csv")
+    assert set(eff.loc[eff.stage == "sft", "variant"]) == {"p2rec"}  # instance is not in this grid
+    config.update(datasets=["toy", "mini"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert cli(["tables", "--from", str(collected), "--out", str(out2), "--config", str(tmp_path / "config.yaml")]) == 0
     md = (out2 / "main.md").read_text()
     cells = _cells(md)

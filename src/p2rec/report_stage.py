@@ -49,10 +49,29 @@ def _tables(args):
     timings = find_sft_timings(args.source)
     if not paths:
         raise P2RecError(f"{args.source}: no runs found (expected {{dataset}}/{{backbone}}/{{variant}}/seed{{seed}}/metrics.json)")
+    if args.config:  # the config's grid decides: runs and SFT timings of other cells stay out of tables and plots
+        paths, timings = in_grid(paths, timings, context.get("grid", {}))
     written = build_tables(paths, args.out, context, sft_timings=timings, grid_filter=bool(args.config))
     if args.plots:
         _draw(paths, timings, context, args.plots)
     print(json.dumps({"runs": len(paths), "sft_timings": len(timings), "written": sorted(map(str, written.values()))}))
+
+
+def in_grid(run_paths, sft_timings, grid: dict) -> tuple[list, list]:
+    """Run files ``{dataset}/{backbone}/{variant}/seed{seed}/metrics.json`` and SFT timing files
+    ``llm/{dataset}/{variant}/*.json`` of the grid's cells only."""
+    from pathlib import Path
+
+    keys = ("datasets", "backbones", "variants", "seeds")
+    wanted = [{str(v) for v in grid.get(k, [])} for k in keys]
+
+    def run_key(path):
+        d, b, v, seed = Path(path).parts[-5:-1]
+        return d, b, v, seed.removeprefix("seed")
+
+    runs = [p for p in run_paths if all(part in want for part, want in zip(run_key(p), wanted))]
+    timings = [t for t in sft_timings if Path(t).parts[-3] in wanted[0] and Path(t).parts[-2] in wanted[2]]
+    return runs, timings
 
 
 def _plots(args):
