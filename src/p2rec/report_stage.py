@@ -62,15 +62,11 @@ def in_grid(run_paths, sft_timings, grid: dict) -> tuple[list, list]:
     ``llm/{dataset}/{variant}/*.json`` of the grid's cells only."""
     from pathlib import Path
 
-    keys = ("datasets", "backbones", "variants", "seeds")
-    wanted = [{str(v) for v in grid.get(k, [])} for k in keys]
+    from p2rec.tables import run_key
 
-    def run_key(path):
-        d, b, v, seed = Path(path).parts[-5:-1]
-        return d, b, v, seed.removeprefix("seed")
-
-    runs = [p for p in run_paths if all(part in want for part, want in zip(run_key(p), wanted))]
-    timings = [t for t in sft_timings if Path(t).parts[-3] in wanted[0] and Path(t).parts[-2] in wanted[2]]
+    runs = [p for p in run_paths if all(value in grid.get(f"{key}s", []) for key, value in run_key(p).items())]
+    timings = [t for t in sft_timings
+               if Path(t).parts[-3] in grid.get("datasets", []) and Path(t).parts[-2] in grid.get("variants", [])]
     return runs, timings
 
 

@@ -109,12 +109,6 @@ def bench_sft(data_path: str | Path, model_path: str, settings: dict, rounds: in
     return out
 
 
-BENCH_COLUMNS = ["dataset", "user_samples", "instance_samples", "user_tokens", "instance_tokens",
-                 "theoretical_token_ratio", "sample_ratio", "user_tokens_per_s", "instance_tokens_per_s",
-                 "user_epoch_s", "instance_epoch_s", "measured_cost_ratio", "deviation", "extrapolated",
-                 "device", "torch_threads"]
-
-
 def bench_table(results: dict[str, dict]) -> list[dict]:
     """One row per dataset from ``bench_sft`` results ({dataset: result}); both epoch times are
     extrapolated from the measured medians, so every row says so."""

@@ -179,10 +179,10 @@ def _sft_bench_table(args):
     import pandas as pd
 
     from p2rec.io import read_json, write_text
-    from p2rec.llm.bench import BENCH_COLUMNS, bench_table
+    from p2rec.llm.bench import bench_table
 
     rows = bench_table({Path(f).stem: read_json(f) for f in args.inputs})
-    frame = pd.DataFrame(rows, columns=BENCH_COLUMNS)
+    frame = pd.DataFrame(rows)  # columns in the rows' order
     write_text(f"{args.out}.csv", frame.to_csv(index=False))
     caption = ("Instance-level vs user-level SFT cost per dataset, from `p2rec sft-bench` (user-level and "
                "instance-level steps alternated in one process on one device; medians over rounds). Both epoch "
