@@ -42,13 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="prepared sequences.txt (results/data/<dataset>/sequences.txt)")
     p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--epochs-to-time", type=int, default=1, help="training epochs timed per repeat")
+    p.add_argument("--epochs-to-time", type=int, default=1,
+                   help="training epochs timed per repeat (0: time the evaluation only)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
     p.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), help="default: every registered one")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eval-batch-size", type=int, default=2048)
+    p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -60,8 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [b for b in args.backbones if b not in BACKBONES]
     if unknown:
         p.error(f"unknown backbone(s) {unknown}; registered: {sorted(BACKBONES)}")
-    if args.repeat < 1 or args.epochs_to_time < 1 or args.max_len < 1:
-        p.error("--repeat, --epochs-to-time and --max-len must be >= 1")
+    if args.repeat < 1 or args.epochs_to_time < 0 or args.max_len < 1:
+        p.error("--repeat and --max-len must be >= 1, --epochs-to-time >= 0 (0: evaluation only)")
     return args
 
 
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for rep in range(args.repeat):
         for name, (model, optimizer, rng) in setups.items():
             t = times[name]
-            t["train"].append(time_training(model, optimizer, pairs, args.batch_size, args.epochs_to_time, device, rng))
+            if args.epochs_to_time:
+                t["train"].append(time_training(model, optimizer, pairs, args.batch_size, args.epochs_to_time, device, rng))
             with torch.no_grad():
                 t["valid"].append(time_evaluation(model, split.inputs("valid"), split.targets("valid"), args.max_len,
                                                   args.eval_batch_size, device)[0])
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                                                          args.max_len, args.eval_batch_size, device, generic=True)
                     t["generic"].append(seconds)
                     t["rank_agreement"].append(float(np.mean(ranks == reference)))
-            print(f"repeat {rep + 1}/{args.repeat} {name}: epoch {t['train'][-1]:.2f}s, valid pass "
+            epoch = f"epoch {t['train'][-1]:.2f}s, " if t["train"] else ""
+            print(f"repeat {rep + 1}/{args.repeat} {name}: {epoch}valid pass "
                   f"{t['valid'][-1]:.3f}s, test pass {t['test'][-1]:.3f}s"
                   + (f", generic test pass {t['generic'][-1]:.3f}s" if args.compare_generic else ""),
                   file=sys.stderr, flush=True)
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({
             "backbone": name,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "sec_per_epoch": round(t["train"], 4),
+            "sec_per_epoch": round(t["train"], 4) if "train" in t else "",  # empty: --epochs-to-time 0
             "valid_eval_sec": round(t["valid"], 4),
             "test_eval_sec": round(t["test"], 4),
             "users_per_sec": round(users / t["test"], 1),
@@ -158,9 +161,11 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
     lines = [
         f"# Backbone speed on `{args.data}`",
         "",
-        f"Medians over {args.repeat} interleaved repeat(s); training: cross-entropy over all items, batch "
-        f"{args.batch_size}, hidden {args.hidden}, max length {args.max_len}, {args.epochs_to_time} epoch(s) timed "
-        f"per repeat; evaluation: full ranking of all items for every user, history masked, eval batch "
+        f"Medians over {args.repeat} interleaved repeat(s); "
+        + (f"training: cross-entropy over all items, batch {args.batch_size}, hidden {args.hidden}, max length "
+           f"{args.max_len}, {args.epochs_to_time} epoch(s) timed per repeat; " if args.epochs_to_time else
+           f"training not timed (untrained models, hidden {args.hidden}, max length {args.max_len}); ")
+        + f"evaluation: full ranking of all items for every user, history masked, eval batch "
         f"{args.eval_batch_size}. Throughput = users / test-pass seconds.",
         "",
         "| " + " | ".join(columns(args)) + " |",

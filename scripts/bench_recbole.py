@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Side by side with RecBole: SASRec and GRU4Rec trained by RecBole 1.2.1 and by p2rec on the same split.
+"""Side by side with RecBole: SASRec, GRU4Rec and Caser trained by RecBole 1.2.1 and by p2rec on the same split.
 
 1. Creates RecBole's own virtual environment (``--venv``, default .bench/recbole-venv) with its own pins
    (recbole 1.2.1 needs numpy<2, pandas<3 and setuptools<81); the suite's environment is never touched.
@@ -10,7 +10,11 @@
 3. Trains each model with both libraries under matched settings: hidden 64, max length 50, full-softmax
    cross-entropy, batch 256, Adam lr 1e-3, full ranking, early stopping on validation NDCG@10 with
    patience 10 (``--max-epochs`` caps the epochs). RecBole does not mask already-seen items in full
-   ranking; p2rec runs unmasked too unless ``--mask-history``.
+   ranking; p2rec runs unmasked too unless ``--mask-history``. ``--loss one-negative`` trains both with one
+   uniformly sampled negative per target instead: RecBole's BPR (pairwise, its only one-negative loss for
+   these models) against p2rec's ``bce`` (pointwise), the objective of the published BCE table.
+   Caser runs in RecBole with its own window as the maximum length (RecBole's Caser convolves over the
+   whole input list) and RecBole's user embedding, which p2rec's user-id-free Caser does not have.
 4. Writes ``<out-dir>/recbole.csv`` (library, model, sec_per_epoch, eval_sec, epochs, hr@10, ndcg@10, ...)
    and ``<out-dir>/recbole.md`` with the ratios.
 
@@ -49,13 +53,19 @@ RECBOLE_MODELS = {
     "sasrec": ("SASRec", {"n_layers": 2, "n_heads": 1, "inner_size": 256, "hidden_dropout_prob": 0.5,
                           "attn_dropout_prob": 0.5, "hidden_act": "gelu", "layer_norm_eps": 1e-12}),
     "gru4rec": ("GRU4Rec", {"num_layers": 1, "dropout_prob": 0.3}),
+    # nv, nh and dropout as p2rec's Caser; reg_weight stays RecBole's 1e-4
+    "caser": ("Caser", {"nv": 4, "nh": 16, "dropout_prob": 0.5}),
 }
+CASER_WINDOW = 5  # p2rec's Caser window (module default); RecBole's Caser window is its MAX_ITEM_LIST_LENGTH
+LOSSES = {"ce": ("CE", "ce"), "one-negative": ("BPR", "bce")}  # --loss: (RecBole loss_type, p2rec train.loss)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="results/data/beauty/sequences.txt", help="prepared sequences.txt")
     p.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=sorted(RECBOLE_MODELS))
+    p.add_argument("--loss", default="ce", choices=sorted(LOSSES),
+                   help="ce: full softmax in both; one-negative: RecBole BPR vs p2rec bce, one sampled negative")
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--max-len", type=int, default=50)
@@ -131,16 +141,19 @@ def write_atomic_files(data_path: str | Path, work: Path, name: str) -> tuple[Pa
 def recbole_config(args, work: Path, model: str) -> dict:
     _, specific = RECBOLE_MODELS[model]
     hidden = {"sasrec": {"hidden_size": args.hidden},
-              "gru4rec": {"embedding_size": args.hidden, "hidden_size": args.hidden}}[model]
+              "gru4rec": {"embedding_size": args.hidden, "hidden_size": args.hidden},
+              "caser": {"embedding_size": args.hidden}}[model]
+    loss_type = LOSSES[args.loss][0]
+    negatives = {"distribution": "uniform", "sample_num": 1} if loss_type == "BPR" else None
     return {
         "data_path": str(work / "data"),
         "checkpoint_dir": str(work / "saved"),
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
-        "MAX_ITEM_LIST_LENGTH": args.max_len,
+        "MAX_ITEM_LIST_LENGTH": CASER_WINDOW if model == "caser" else args.max_len,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "loss_type": "CE", "train_neg_sample_args": None,
+        "loss_type": loss_type, "train_neg_sample_args": negatives,
         # RecBole stops after stopping_step + 1 epochs without improvement, p2rec after `patience`
         "epochs": args.max_epochs, "stopping_step": args.patience - 1, "eval_step": 1,
         "train_batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
@@ -192,7 +205,7 @@ def run_p2rec(args, model: str) -> dict:
         "catalog": {"bench": {"source": "sequences", "file": str(args.data)}}, "datasets": ["bench"],
         "backbones": [model], "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"],
         "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
-                  "epochs": args.max_epochs, "patience": args.patience, "loss": "ce",
+                  "epochs": args.max_epochs, "patience": args.patience, "loss": LOSSES[args.loss][1],
                   "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads},
         "eval": {"ks": [10], "mask_history": bool(args.mask_history), "select_metric": "ndcg@10"},
     })
@@ -219,13 +232,20 @@ def _row(library: str, model: str, r: dict) -> dict:
             "test_eval_sec": round(r["test_eval_sec"], 3)}
 
 
+def _loss_text(loss: str) -> str:
+    if loss == "ce":
+        return "full-softmax cross-entropy"
+    return ("one uniformly sampled negative per target (RecBole: BPR, pairwise; p2rec: bce, pointwise); Caser in "
+            f"RecBole with max length {CASER_WINDOW} (its window) and its user embedding")
+
+
 def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_settings: dict) -> str:
     by = {(r["library"], r["model"]): r for r in rows}
     lines = [
         f"# p2rec vs RecBole 1.2.1 on `{args.data}`",
         "",
         f"Same leave-one-out split (checked user by user), hidden {args.hidden}, max length {args.max_len}, "
-        f"full-softmax cross-entropy, batch {args.batch_size}, Adam lr {args.lr}, full ranking of all items, "
+        f"{_loss_text(args.loss)}, batch {args.batch_size}, Adam lr {args.lr}, full ranking of all items, "
         f"early stopping on validation NDCG@10 with patience {args.patience} (at most {args.max_epochs} epochs), "
         f"test once with the best weights, seed {args.seed}, one process after the other on the same machine. "
         f"Seen items are {'masked in p2rec only' if args.mask_history else 'not masked (RecBole never masks them)'}. "
@@ -270,7 +290,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()  # the worker runs inside its run folder: relative paths would break
     name = Path(args.data).parent.name or "dataset"
     name = "".join(c if c.isalnum() else "_" for c in name)
     started = time.perf_counter()

@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="DATASET/BACKBONE",
+                        help="cells to leave out, e.g. beauty/sasrec (their seeds were run elsewhere)")
     parser.add_argument("--train-override", type=json.loads, default={},
                         help='JSON merged into every run\'s train settings, e.g. \'{"weight_decay": 1e-4}\'')
     parser.add_argument("--model-override", type=json.loads, default={},
@@ -63,6 +65,8 @@ def main() -> None:
     out = Path(args.out)
     queue = []
     for dataset, backbone, loss, seed in grid_cells(args.datasets, args.backbones, args.losses, args.seeds):
+        if f"{dataset}/{backbone}" in args.exclude:
+            continue
         run_dir = out / loss / dataset / backbone / "none" / f"seed{seed}"
         if (run_dir / "metrics.json").exists():
             continue

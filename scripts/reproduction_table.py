@@ -2,10 +2,11 @@
 
 Reads run folders laid out as {dataset}/{backbone}/{variant}/seed{seed}/metrics.json (variant `none`) from
 one folder per loss, and the published reference numbers from results/reproduction/published.csv.
-Runs are grouped by dataset, backbone, loss and the device each run's timing.json records (CPU and GPU
-runs of one seed are not pooled). Writes <out>.md and <out>.csv with the columns dataset, backbone, loss,
-device, seeds, hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, published_hr@10, published_ndcg@10,
-ratio_hr@10, ratio_ndcg@10.
+Runs are grouped by dataset, backbone, loss and the kind of device each run's timing.json records (cpu or
+gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from different GPU models, listed in
+the machines column). Writes <out>.md and <out>.csv with the columns dataset, backbone, loss, device, seeds,
+hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10,
+ratio_ndcg@10.
 
     python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
         --runs bce=results/reproduction/runs-h200/bce --runs ce=results/reproduction/runs-h200/ce \
@@ -29,8 +30,9 @@ def collect(loss: str, root: Path) -> list[dict]:
             continue
         dataset, backbone = metrics_path.parts[-5], metrics_path.parts[-4]
         timing = json.loads((metrics_path.parent / "timing.json").read_text())
-        device = timing.get("gpu") or f"cpu ({timing.get('machine', '?')})"
-        rows.append({"dataset": dataset, "backbone": backbone, "loss": loss, "device": device, "seed": metrics["seed"],
+        gpu = timing.get("gpu")
+        rows.append({"dataset": dataset, "backbone": backbone, "loss": loss, "device": "gpu" if gpu else "cpu",
+                     "device_name": gpu or f"cpu ({timing.get('machine', '?')})", "seed": metrics["seed"],
                      "hr@10": metrics["test"]["hr@10"], "ndcg@10": metrics["test"]["ndcg@10"],
                      "epochs": metrics["epochs"], "threads": timing.get("torch_threads")})
     return rows
@@ -55,6 +57,9 @@ def main() -> None:
     table = table.reset_index()
     table.insert(4, "seeds", grouped.size().values)
     table["epochs"] = grouped["epochs"].mean().values
+    # which machines a cell's seeds ran on, e.g. "NVIDIA H200 x1, NVIDIA H100 80GB HBM3 x2"
+    table["machines"] = grouped["device_name"].agg(
+        lambda names: ", ".join(f"{n} x{c}" for n, c in names.value_counts(sort=False).items())).values
     # one published number per dataset x backbone, whatever its loss (named in published_loss): the issue's
     # targets are "within ~15% with BCE" and "above it with CE" against the same reference
     published = pd.read_csv(args.published).rename(columns={"hr@10": "published_hr@10", "ndcg@10": "published_ndcg@10",
@@ -69,12 +74,13 @@ def main() -> None:
     for col in shown.columns:
         if shown[col].dtype.kind == "f":
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-    cpu = runs[runs["device"].str.startswith("cpu")]
+    cpu = runs[runs["device"] == "cpu"]
     cpu_threads = " or ".join(str(t) for t in sorted(cpu["threads"].dropna().astype(int).unique())) or "?"
     caption = (f"Test HR@10 / NDCG@10, full ranking over all items, history masked, mean (std) over seeds; "
                f"ratio = ours / published; std empty for one seed; epochs = mean epochs run (early stopping). "
-               f"Device as each run's timing.json records it (CPU runs, {cpu_threads} torch thread(s): the {platform.machine()} 2-core "
-               f"development machine; GPU runs: several runs at once on one GPU via scripts/reproduce_grid.py). "
+               f"Device: the kind each run's timing.json records (cpu: {cpu_threads} torch thread(s) on the {platform.machine()} 2-core "
+               f"development machine; gpu: several runs at once on one GPU via scripts/reproduce_grid.py; machines: "
+               f"which GPU ran how many of the cell's seeds). "
                f"Published numbers: {args.published}.")
     out.with_suffix(".md").write_text(caption + "\n\n" + shown.to_markdown(index=False) + "\n")
     print(shown.to_markdown(index=False))

@@ -310,6 +310,11 @@ def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
     rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
                        "--batch-size", "8", "--eval-batch-size", "3", "--compare-generic", "--out", str(out)])
     assert all(r["rank_agreement"] == 1.0 and r["generic_test_eval_sec"] > 0 for r in rows)
+    # --epochs-to-time 0: the evaluation alone, the training column left empty
+    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
+                       "--epochs-to-time", "0", "--out", str(out)])
+    assert all(r["sec_per_epoch"] == "" and r["test_eval_sec"] > 0 for r in rows)
+    assert "training not timed" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
 
 
 def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
@@ -329,9 +334,35 @@ def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
     assert config["stopping_step"] == 9  # RecBole stops after stopping_step + 1 bad epochs
     assert config["loss_type"] == "CE" and config["MAX_ITEM_LIST_LENGTH"] == 50
     assert config["hidden_size"] == config["embedding_size"] == 64
+    # one negative: RecBole's BPR with one uniform negative against p2rec's bce; Caser over its own window
+    args = bench.parse_args(["--data", str(tiny_data), "--loss", "one-negative", "--models", "caser"])
+    config = bench.recbole_config(args, tmp_path / "work", "caser")
+    assert config["loss_type"] == "BPR" and config["train_neg_sample_args"] == {"distribution": "uniform", "sample_num": 1}
+    assert config["MAX_ITEM_LIST_LENGTH"] == bench.CASER_WINDOW and config["embedding_size"] == 64
+    assert bench.LOSSES["one-negative"][1] == "bce"
 
 
 def test_recbole_best_epoch_follows_its_early_stopping_rule():
     worker = _script("recbole_worker")
     assert worker._best_epoch([0.1, 0.3, 0.2, 0.3, 0.25]) == 4  # RecBole keeps ties (>=)
     assert worker._best_epoch([0.5]) == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+def test_chunked_cross_entropy_matches_plain_cross_entropy(chunk):
+    from p2rec.losses import ce_chunk_rows, chunked_softmax_ce
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(50, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(13, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 13, (50,), generator=gen)
+    ours = chunked_softmax_ce(hidden, table, targets, chunk)
+    g_hidden, g_table = torch.autograd.grad(ours, (hidden, table))
+    logits = hidden @ table.T
+    logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1)  # padding is no class
+    plain = torch.nn.functional.cross_entropy(logits, targets)
+    p_hidden, p_table = torch.autograd.grad(plain, (hidden, table))
+    assert torch.allclose(ours, plain) and torch.allclose(g_hidden, p_hidden) and torch.allclose(g_table, p_table)
+    # the device-dependent default: small chunks on a CPU, chunks of about 2^24 logits on a GPU
+    assert ce_chunk_rows(3417, "cpu") == 64 and ce_chunk_rows(3417, "cuda") == (1 << 24) // 3417
+    assert ce_chunk_rows(10 ** 9, "cuda") == 64

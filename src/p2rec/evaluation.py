@@ -49,7 +49,7 @@ def full_ranking(
     targets: np.ndarray,
     max_len: int,
     mask_history: bool = True,
-    batch_size: int = 2048,
+    batch_size: int = 256,
     device: str | torch.device = "cpu",
     candidates: np.ndarray | None = None,
     batching: str = "equal_length",

@@ -45,9 +45,21 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         return grad_hidden, grad_table, None, None
 
 
-def chunked_softmax_ce(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Mean cross-entropy of ``hidden @ table.T`` against ``targets`` (column 0 = padding, excluded)."""
+def chunked_softmax_ce(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ table.T`` against ``targets`` (column 0 = padding, excluded).
+    ``chunk``: rows per chunk (default: ``ce_chunk_rows`` for the table's device and size)."""
+    if chunk is None:
+        chunk = ce_chunk_rows(table.shape[0], table.device)
     return _ChunkedSoftmaxCE.apply(hidden, table, targets, chunk)
+
+
+def ce_chunk_rows(num_classes: int, device: torch.device | str) -> int:
+    """Rows per chunk of the chunked cross-entropy. On a CPU 64 rows keep a chunk's logits in cache; on a
+    GPU every chunk costs a handful of kernel launches, so a chunk holds up to 2^24 logits (64 MB in fp32):
+    an ML-1M batch (51,200 positions) is 11 chunks there instead of 800."""
+    if torch.device(device).type == "cpu":
+        return 64
+    return max(64, (1 << 24) // max(1, num_classes))
 
 
 class FastDropout(nn.Module):

@@ -39,14 +39,21 @@ class _Block(nn.Module):
         h = self.norm_ffn(x)
         return h + self.drop(self.ffn(h))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """``mask=None``: no padding in the batch, plain causal attention (the fused kernel)."""
         d = x.shape[-1]
         q_in = self.norm_attn(x)
-        q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
+        if self.training:
+            q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
+        else:
+            # three products on slices of the fused weight: contiguous q, k, v, which the CPU attention
+            # kernel would otherwise copy (a sixth of ML-1M's full-ranking pass)
+            w, bias = self.qkv.weight, self.qkv.bias
+            q, k, v = (self._heads(F.linear(q_in, w[i * d:(i + 1) * d], bias[i * d:(i + 1) * d])) for i in range(3))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
-        return self._finish(q_in, attn) * keep
+        out = self._finish(q_in, attn)
+        return out if keep is None else out * keep
 
     def forward_last(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Output at the last position only (inference): keys and values for every position, one query."""
@@ -54,7 +61,7 @@ class _Block(nn.Module):
         q_in = self.norm_attn(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
-        k, v = (self._heads(z) for z in F.linear(q_in, w[d:], bias[d:]).split(d, -1))
+        k, v = (self._heads(F.linear(q_in, w[i * d:(i + 1) * d], bias[i * d:(i + 1) * d])) for i in (1, 2))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self._finish(q_in[:, -1:], attn)
 
@@ -72,14 +79,15 @@ class SASRec(SequentialBackbone):
         self.apply(self._init_weights)
 
     def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Embedded inputs, keep [B, T, 1], real [B, T] and the attention mask (None without padding)."""
+        """Embedded inputs, keep [B, T, 1], real [B, T] and the attention mask (keep and mask are None without
+        padding)."""
         t = seqs.shape[1]
         real = seqs > 0
         keep = real.unsqueeze(-1).to(self.item_emb.weight.dtype)
-        x = self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs))
-        x = self.emb_drop(x) * keep
+        x = self.emb_drop(self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs)))
         if bool(real.all()):
-            return x, keep, real, None
+            return x, None, real, None  # no padding: nothing to zero (keep = None)
+        x = x * keep
         eye = torch.eye(t, dtype=torch.bool, device=seqs.device)
         causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
         mask = (causal & (real[:, None, :] | eye)).unsqueeze(1)  # [B, 1, T(query), T(key)]
