@@ -59,7 +59,7 @@ def main() -> None:
     table["epochs"] = grouped["epochs"].mean().values
     # which machines a cell's seeds ran on, e.g. "NVIDIA H200 x1, NVIDIA H100 80GB HBM3 x2"
     table["machines"] = grouped["device_name"].agg(
-        lambda names: ", ".join(f"{n} x{c}" for n, c in names.value_counts(sort=False).items())).values
+        lambda names: ", ".join(f"{n} x{c}" for n, c in sorted(names.value_counts().items()))).values
     # one published number per dataset x backbone, whatever its loss (named in published_loss): the issue's
     # targets are "within ~15% with BCE" and "above it with CE" against the same reference
     published = pd.read_csv(args.published).rename(columns={"hr@10": "published_hr@10", "ndcg@10": "published_ndcg@10",

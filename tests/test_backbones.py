@@ -225,7 +225,7 @@ def test_overfits_a_tiny_dataset(name):
     assert hr1 == 1.0, f"{name}: HR@1 on the training sequences reached only {hr1:.3f} after {step} steps"
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
+@pytest.mark.parametrize("loss", ["ce", "bce", "bpr", "sampled"])
 @pytest.mark.parametrize("name", NAMES)
 def test_every_loss_runs_and_decreases(name, loss):
     seqs = _chains(seed=1)
@@ -317,6 +317,17 @@ def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
     assert "training not timed" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
 
 
+def test_bench_eval_batch_times_each_batch_size_with_identical_ranks(tiny_data, tmp_path):
+    bench = _script("bench_eval_batch")
+    out = tmp_path / "eval"
+    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--hidden", "8", "--repeat", "2",
+                       "--batch-sizes", "16", "3", "--out", str(out)])
+    assert [(r["backbone"], r["eval_batch_size"]) for r in rows] == [(n, b) for n in NAMES for b in (16, 3)]
+    assert all(r["test_eval_sec"] > 0 and r["users"] == 20 for r in rows)
+    assert all(r["speedup"] == 1.0 for r in rows if r["eval_batch_size"] == 16)
+    assert "ranks identical at every batch size" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
 def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
     bench = _script("bench_recbole")
     inter, expected = bench.write_atomic_files(tiny_data, tmp_path / "work", "tiny")
@@ -366,3 +377,30 @@ def test_chunked_cross_entropy_matches_plain_cross_entropy(chunk):
     # the device-dependent default: small chunks on a CPU, chunks of about 2^24 logits on a GPU
     assert ce_chunk_rows(3417, "cpu") == 64 and ce_chunk_rows(3417, "cuda") == (1 << 24) // 3417
     assert ce_chunk_rows(10 ** 9, "cuda") == 64
+
+
+def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, monkeypatch):
+    table = _script("reproduction_table")
+
+    def run(loss, seed, gpu, hr):
+        d = tmp_path / loss / "beauty" / "gru4rec" / "none" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"seed": seed, "epochs": 10, "test": {"hr@10": hr, "ndcg@10": hr / 2}}))
+        (d / "timing.json").write_text(json.dumps({"gpu": gpu, "machine": "x86_64", "torch_threads": 1}))
+
+    run("bce", 1, "NVIDIA H200", 0.02)
+    run("bce", 2, "NVIDIA H100 80GB HBM3", 0.04)
+    run("bce", 3, None, 0.5)  # a CPU seed: its own row
+    published = tmp_path / "published.csv"
+    published.write_text("dataset,backbone,loss,hr@10,ndcg@10,source\nbeauty,gru4rec,bce,0.03,0.015,test\n")
+    out = tmp_path / "table"
+    monkeypatch.setattr("sys.argv", ["reproduction_table.py", "--runs", f"bce={tmp_path / 'bce'}",
+                                     "--published", str(published), "--out", str(out)])
+    table.main()
+    import pandas as pd
+
+    rows = pd.read_csv(out.with_suffix(".csv")).set_index("device")
+    assert rows.loc["gpu", "seeds"] == 2 and rows.loc["gpu", "hr@10"] == pytest.approx(0.03)
+    assert rows.loc["gpu", "machines"] == "NVIDIA H100 80GB HBM3 x1, NVIDIA H200 x1"
+    assert rows.loc["cpu", "seeds"] == 1 and rows.loc["cpu", "hr@10"] == pytest.approx(0.5)
+    assert rows.loc["gpu", "ratio_hr@10"] == pytest.approx(1.0)

@@ -76,11 +76,13 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
     table = model.item_table()
     if loss == "ce":
         return chunked_softmax_ce(h, table, y)
-    if loss == "bce":
+    if loss in ("bce", "bpr"):
         neg = torch.randint(1, model.num_items + 1, y.shape, device=device)
         neg = torch.where(neg == y, neg % model.num_items + 1, neg)
         pos_logit = (h * table[y]).sum(-1)
         neg_logit = (h * table[neg]).sum(-1)
+        if loss == "bpr":  # pairwise: only the margin between the target and its negative counts
+            return -F.logsigmoid(pos_logit - neg_logit).mean()
         return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
             F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
     if loss == "sampled":
@@ -90,7 +92,7 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
         neg_logit = neg_logit.masked_fill(neg.view(1, -1) == y.view(-1, 1), -math.inf)  # accidental hits
         logits = torch.cat([pos_logit, neg_logit], 1)
         return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=device))
-    raise P2RecError(f"config key 'train.loss': unknown loss '{loss}' (ce, bce, sampled)")
+    raise P2RecError(f"config key 'train.loss': unknown loss '{loss}' (ce, bce, bpr, sampled)")
 
 
 def train_epoch(model: SequentialBackbone, optimizer, pairs: list[np.ndarray], batches, loss: str,
