@@ -14,14 +14,13 @@ writes ``<out>.csv`` and ``<out>.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from p2rec import P2RecError
@@ -85,11 +84,7 @@ def main(argv=None) -> list[dict]:
                          "users_per_sec": round(len(inputs) / sec, 1), "speedup": round(base / sec, 2),
                          "users": len(inputs), "max_len": args.max_len, "repeats": args.repeat})
     out = Path(args.out)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out.with_suffix(".csv"), buf.getvalue())
+    write_text(out.with_suffix(".csv"), pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
     env = environment(device)
     md = "\n".join([
         f"# Full-ranking time by evaluation batch size on `{args.data}`", "",
@@ -108,5 +103,5 @@ def main(argv=None) -> list[dict]:
 if __name__ == "__main__":
     try:
         main()
-    except P2RecError as err:
+    except P2RecError as err:  # ranks that depend on the batch size, or unreadable data
         sys.exit(f"error: {err}")
