@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,12 @@ import torch
 from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
-from p2rec.evaluation import full_ranking
 from p2rec.io import write_text
 from p2rec.models.registry import BACKBONES, build_backbone
 from p2rec.training import environment, resolve_device, seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_backbones import time_evaluation  # noqa: E402  (the same timed pass as the backbone benchmark)
 
 COLUMNS = ["backbone", "eval_batch_size", "test_eval_sec", "users_per_sec", "speedup", "users", "max_len", "repeats"]
 
@@ -63,11 +64,9 @@ def main(argv=None) -> list[dict]:
         for name, model in models.items():
             reference = None
             for bs in args.batch_sizes:
-                start = time.perf_counter()
-                ranks = full_ranking(model.score_last, inputs, targets, args.max_len, batch_size=bs, device=device)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[(name, bs)].append(time.perf_counter() - start)
+                with torch.no_grad():
+                    seconds, ranks = time_evaluation(model, inputs, targets, args.max_len, bs, device)
+                times[(name, bs)].append(seconds)
                 if reference is None:
                     reference = ranks
                 elif not np.array_equal(ranks, reference):

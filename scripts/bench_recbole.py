@@ -235,8 +235,7 @@ def _row(library: str, model: str, r: dict) -> dict:
 def _loss_text(loss: str) -> str:
     if loss == "ce":
         return "full-softmax cross-entropy"
-    return ("one uniformly sampled negative per target (RecBole: BPR, pairwise; p2rec: bce, pointwise); Caser in "
-            f"RecBole with max length {CASER_WINDOW} (its window) and its user embedding")
+    return "one uniformly sampled negative per target (RecBole: BPR, pairwise; p2rec: bce, pointwise)"
 
 
 def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_settings: dict) -> str:
@@ -245,7 +244,10 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
         f"# p2rec vs RecBole 1.2.1 on `{args.data}`",
         "",
         f"Same leave-one-out split (checked user by user), hidden {args.hidden}, max length {args.max_len}, "
-        f"{_loss_text(args.loss)}, batch {args.batch_size}, Adam lr {args.lr}, full ranking of all items, "
+        f"{_loss_text(args.loss)}, "
+        + (f"Caser in RecBole with max length {CASER_WINDOW} (its window) and its user embedding, "
+           if "caser" in args.models else "")
+        + f"batch {args.batch_size}, Adam lr {args.lr}, full ranking of all items, "
         f"early stopping on validation NDCG@10 with patience {args.patience} (at most {args.max_epochs} epochs), "
         f"test once with the best weights, seed {args.seed}, one process after the other on the same machine. "
         f"Seen items are {'masked in p2rec only' if args.mask_history else 'not masked (RecBole never masks them)'}. "

@@ -43,17 +43,11 @@ class _Block(nn.Module):
         """``mask=None``: no padding in the batch, plain causal attention (the fused kernel)."""
         d = x.shape[-1]
         q_in = self.norm_attn(x)
-        if self.training:
-            q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
-        else:
-            # three products on slices of the fused weight: contiguous q, k, v, which the CPU attention
-            # kernel would otherwise copy (a sixth of ML-1M's full-ranking pass)
-            w, bias = self.qkv.weight, self.qkv.bias
-            q, k, v = (self._heads(F.linear(q_in, w[i * d:(i + 1) * d], bias[i * d:(i + 1) * d])) for i in range(3))
+        q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
         out = self._finish(q_in, attn)
-        return out if keep is None else out * keep
+        return out if keep is None else out * keep  # keep = None: no padding to zero
 
     def forward_last(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Output at the last position only (inference): keys and values for every position, one query."""
@@ -61,7 +55,7 @@ class _Block(nn.Module):
         q_in = self.norm_attn(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
-        k, v = (self._heads(F.linear(q_in, w[i * d:(i + 1) * d], bias[i * d:(i + 1) * d])) for i in (1, 2))
+        k, v = (self._heads(z) for z in F.linear(q_in, w[d:], bias[d:]).split(d, -1))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self._finish(q_in[:, -1:], attn)
 
@@ -78,15 +72,15 @@ class SASRec(SequentialBackbone):
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
 
-    def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """Embedded inputs, keep [B, T, 1], real [B, T] and the attention mask (keep and mask are None without
         padding)."""
         t = seqs.shape[1]
         real = seqs > 0
-        keep = real.unsqueeze(-1).to(self.item_emb.weight.dtype)
         x = self.emb_drop(self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs)))
         if bool(real.all()):
-            return x, None, real, None  # no padding: nothing to zero (keep = None)
+            return x, None, real, None  # no padding: nothing to zero
+        keep = real.unsqueeze(-1).to(x.dtype)
         x = x * keep
         eye = torch.eye(t, dtype=torch.bool, device=seqs.device)
         causal = torch.ones(t, t, dtype=torch.bool, device=seqs.device).tril()
