@@ -24,7 +24,7 @@ from scipy import stats
 from p2rec.cli import main as cli
 from p2rec.evaluation import per_user_metric
 from p2rec.stats import holm
-from p2rec.tables import build_tables, load_run, report_context, report_settings, write_failed_run
+from p2rec.tables import build_tables, llm_text, load_run, report_context, report_settings, write_failed_run
 from tests.conftest import REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -138,6 +138,18 @@ def test_captions_come_from_the_configuration(tables):
     assert "paired permutation test" in out_md and "no multiple-comparison correction" in out_md
     assert "alpha = 0.01" in out_md and "from 'cf_init'" in out_md and "LLM" not in out_md
     assert "Improv." not in out_md  # the treatment is not in the table: no improvement column
+
+
+def test_llm_caption_is_independent_of_key_order_and_lists_only_the_tables_dataset_overrides():
+    llm = {"model": "packaged", "lr": 0.0002, "lora": {"r": 8, "alpha": 16}, "k": 32,
+           "dataset_overrides": {"synthetic": {"instance": {"max_samples": 500}},
+                                 "beauty": {"instance": {"max_samples": 22363}}}}
+    shuffled = json.loads(json.dumps(llm, sort_keys=True))  # the workflow passes the context as sorted JSON
+    text = llm_text(llm, ["beauty"])
+    assert text == llm_text(shuffled, ["beauty"])
+    assert "(k=32, lora.r=8, lora.alpha=16, lr=0.0002, dataset_overrides.beauty.instance.max_samples=22363)" in text
+    assert "synthetic" not in text
+    assert "dataset_overrides.synthetic.instance.max_samples=500" in llm_text(llm)  # no table datasets given: all
     # sampled protocol and history masking off are read from the runs' resolved settings
     from p2rec.tables import protocol_text
 
@@ -341,6 +353,38 @@ def test_workflow_tables_plots_and_report(workflow_run):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs = {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert "paper_tables" in jobs and "train_backbone" not in jobs and "pretrain_backbone" not in jobs
+
+
+@pytest.mark.slow
+def test_paper_report_script_builds_a_slice_from_committed_runs_and_never_trains(tmp_path):
+    """scripts/paper_report.sh on two committed Beauty runs: tables, plots and report land in the slice folder,
+    the top-level results/tables are untouched; a slice with a run that does not exist stops, trains nothing
+    and leaves the slice folder as it was."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(datasets=["beauty"], backbones=["gru4rec"], variants=["none", "p2rec"], seeds=[1])
+    config["report"]["bootstrap_samples"] = 100
+    config["data_dir"] = str(REPO / config["data_dir"])
+    slice_dir = tmp_path / "slice"
+    slice_dir.mkdir()
+    (slice_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    top = {p.name: p.read_bytes() for p in (REPO / "results/tables").iterdir()}
+    script = ["bash", str(REPO / "scripts/paper_report.sh")]
+    proc = subprocess.run(script + [str(slice_dir)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = _cells((slice_dir / "main.md").read_text())[("beauty", "gru4rec")]
+    expected = json.loads((REPO / "results/runs/beauty/gru4rec/p2rec/seed1/metrics.json").read_text())
+    assert cells["NDCG@10 p2rec"].strip("*<u>/†") == f"{expected['test']['ndcg@10']:.4f}"
+    assert (slice_dir / "plots/beauty/scores.png").stat().st_size > 1000
+    assert "Holm correction" in (slice_dir / "report.html").read_text(errors="replace")
+    assert {p.name: p.read_bytes() for p in (REPO / "results/tables").iterdir()} == top
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    config["seeds"] = [99]
+    (missing / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(script + [str(missing)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "paper_report: stopped" in proc.stderr
+    assert "MissingInputException" in proc.stdout + proc.stderr and "rule train_backbone" not in proc.stdout
+    assert sorted(p.name for p in missing.iterdir()) == ["config.yaml"]
 
 
 def test_p2rec_summary_script_reports_per_seed_scores_and_user_level_ttests(tmp_path):

