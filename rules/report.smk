@@ -1,6 +1,7 @@
 # Paper tables, figures and the Snakemake report (docs/tables.md). The inputs are the declared per-run
 # files of the configured grid: nothing here walks a directory, nothing appends to a shared file.
-from p2rec.tables import llm_timing_files, main_caption, report_context, report_targets, rst_escape, run_files
+from p2rec.tables import (llm_timing_files, main_caption, report_context, report_targets, rst_escape, run_files,
+                          stage0_timing_files)
 
 REPORT_CONTEXT = report_context(config)
 # the plots see only what they draw: a caption or alpha edit never redraws them
@@ -18,6 +19,7 @@ rule paper_tables:
         config=run_files(config, "config.json"),
         sft_timing=llm_timing_files(config),
         extract_timing=llm_timing_files(config, extraction=True),
+        stage0_timing=stage0_timing_files(config),
     output:
         main_md=report("results/tables/main.md", caption="../report/main.rst", category="Tables",
                        labels={"table": "main (markdown)"}),
@@ -40,7 +42,7 @@ rule paper_tables:
         "results/logs/tables/paper_tables.log",
     shell:
         "{P2REC} gather --metrics {input.metrics} --sft-timing {input.sft_timing} {input.extract_timing}"
-        " --context {params.context:q} --out-dir results/tables > {log} 2>&1"
+        " --stage0-timing {input.stage0_timing} --context {params.context:q} --out-dir results/tables > {log} 2>&1"
 
 
 rule dataset_plots:

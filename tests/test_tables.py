@@ -46,7 +46,8 @@ def fixture_metrics() -> list[Path]:
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tables")
-    build_tables(fixture_metrics(), out, CONTEXT, sft_timings=sorted(FIXTURES.glob("llm/*/*/*.json")))
+    build_tables(fixture_metrics(), out, CONTEXT, sft_timings=sorted(FIXTURES.glob("llm/*/*/*.json")),
+                 stage0_timings=[FIXTURES / "pretrain/toy/run/timing.json"])
     return out
 
 
@@ -209,6 +210,24 @@ def test_efficiency_and_robustness_tables(tables):
     assert row["wins"].item() == 2
     single = rob[rob.dataset == "mini"]
     assert single["p_raw"].isna().all() and (single["n_seeds"] == 1).all()
+
+
+def test_wall_time_per_dataset_sums_every_stage_from_its_timing_file(tables):
+    rows = pd.read_csv(tables / "efficiency.csv")
+    total = rows[rows.stage == "total"].set_index("dataset")
+    run_seconds = [json.loads(p.with_name("timing.json").read_text())["total_seconds"]
+                   for p in sorted(RUNS.glob("toy/*/*/seed*/metrics.json"))
+                   if json.loads(p.read_text()).get("status", "ok") == "ok"]
+    sft = [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("llm/toy/*/timing.json"))]
+    extraction = [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("llm/toy/*/extract_timing.json"))]
+    toy = total.loc["toy"]
+    assert toy["stage0_s"] == 7.5 and toy["runs"] == len(run_seconds)
+    assert toy["runs_s"] == pytest.approx(sum(run_seconds))
+    assert toy["sft_jobs"] == len(sft) and toy["sft_s"] == pytest.approx(sum(t.get("wall_s", t.get("train_s")) for t in sft))
+    assert toy["extraction_s"] == pytest.approx(sum(t.get("wall_s", t.get("extract_s")) for t in extraction))
+    assert toy["total_s"] == pytest.approx(7.5 + sum(run_seconds) + toy["sft_s"] + toy["extraction_s"])
+    assert pd.isna(total.loc["mini", "stage0_s"]) and total.loc["mini", "total_s"] == pytest.approx(total.loc["mini", "runs_s"])
+    assert "## Wall time per dataset" in (tables / "efficiency.md").read_text()
 
 
 def test_new_variants_appear_without_code_change_and_collect_rebuilds(tmp_path):

@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--metrics", nargs="+", required=True,
                    help="metrics.json of each run (its ranks.csv.gz, timing.json, config.json lie beside it)")
     p.add_argument("--sft-timing", nargs="*", default=[], help="LLM timing files .../{dataset}/{variant}/timing.json (SFT) and extract_timing.json")
+    p.add_argument("--stage0-timing", nargs="*", default=[], help="stage-0 timing files .../{dataset}/run/timing.json")
     p.add_argument("--context", default=None,
                    help="report context as JSON (grid order, eval protocol, report settings, llm) or a config file")
     p.add_argument("--out-dir", required=True, help="folder for main.{md,csv,tex}, significance.csv, ...")
@@ -86,7 +87,8 @@ def _train(args):
 def _gather(args):
     from p2rec.tables import build_tables, read_context
 
-    written = build_tables(args.metrics, args.out_dir, read_context(args.context), sft_timings=args.sft_timing)
+    written = build_tables(args.metrics, args.out_dir, read_context(args.context), sft_timings=args.sft_timing,
+                           stage0_timings=args.stage0_timing)
     print(json.dumps({"runs": len(args.metrics), "written": sorted(str(p) for p in written.values())}))
 
 

@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--runs", required=True, help="folder of runs: {dataset}/{backbone}/{variant}/seed{seed}/")
     p.add_argument("--out", required=True, help="destination folder (same layout)")
     p.add_argument("--llm", default=None, help="also copy SFT timing files {dataset}/{variant}/timing.json from here")
+    p.add_argument("--pretrain", default=None, help="also copy stage-0 timing files {dataset}/run/timing.json from here")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("tables", help="rebuild every table from a folder of collected runs")
@@ -37,24 +38,30 @@ def register(sub) -> None:
 def _collect(args):
     from p2rec.tables import collect_runs
 
-    n = collect_runs(args.runs, args.out, llm_dir=args.llm)
+    n = collect_runs(args.runs, args.out, llm_dir=args.llm, pretrain_dir=args.pretrain)
     print(json.dumps({"runs": n, "out": args.out}))
 
 
 def _tables(args):
-    from p2rec.tables import build_tables, find_runs, find_sft_timings, read_context
+    from pathlib import Path
+
+    from p2rec.tables import build_tables, find_runs, find_sft_timings, find_stage0_timings, read_context
 
     context = read_context(args.config)
     paths = find_runs(args.source)
     timings = find_sft_timings(args.source)
+    stage0 = find_stage0_timings(args.source)
     if not paths:
         raise P2RecError(f"{args.source}: no runs found (expected {{dataset}}/{{backbone}}/{{variant}}/seed{{seed}}/metrics.json)")
     if args.config:  # the config's grid decides: runs and SFT timings of other cells stay out of tables and plots
         paths, timings = in_grid(paths, timings, context.get("grid", {}))
-    written = build_tables(paths, args.out, context, sft_timings=timings, grid_filter=bool(args.config))
+        stage0 = [t for t in stage0 if Path(t).parts[-3] in context.get("grid", {}).get("datasets", [])]
+    written = build_tables(paths, args.out, context, sft_timings=timings, grid_filter=bool(args.config),
+                           stage0_timings=stage0)
     if args.plots:
         _draw(paths, timings, context, args.plots)
-    print(json.dumps({"runs": len(paths), "sft_timings": len(timings), "written": sorted(map(str, written.values()))}))
+    print(json.dumps({"runs": len(paths), "sft_timings": len(timings), "stage0_timings": len(stage0),
+                      "written": sorted(map(str, written.values()))}))
 
 
 def in_grid(run_paths, sft_timings, grid: dict) -> tuple[list, list]:

@@ -189,13 +189,20 @@ def find_runs(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: (p.parts[-5:-2], int(p.parent.name[4:])))
 
 
+def find_stage0_timings(folder: str | os.PathLike) -> list[Path]:
+    """Stage-0 timing files collected under ``folder``/pretrain/{dataset}/run/timing.json."""
+    return sorted(Path(folder).glob("pretrain/*/run/timing.json"))
+
+
 def find_sft_timings(folder: str | os.PathLike) -> list[Path]:
     """LLM timing files collected under ``folder``/llm/{dataset}/{variant}/ (timing.json, extract_timing.json)."""
     return sorted(p for name in ("timing.json", EXTRACT_TIMING) for p in Path(folder).glob(f"llm/*/*/{name}"))
 
 
-def collect_runs(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, llm_dir: str | os.PathLike | None = None) -> int:
-    """Copy the compact per-run files (and SFT timing files) keeping the layout; returns the runs copied."""
+def collect_runs(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, llm_dir: str | os.PathLike | None = None,
+                 pretrain_dir: str | os.PathLike | None = None) -> int:
+    """Copy the compact per-run files (and the SFT and stage-0 timing files) keeping the layout; returns the
+    runs copied."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     paths = find_runs(runs_dir)
     if not paths:
@@ -210,6 +217,10 @@ def collect_runs(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, llm_di
     if llm_dir is not None:
         for timing in sorted(p for name in ("timing.json", EXTRACT_TIMING) for p in Path(llm_dir).glob(f"*/*/{name}")):
             with atomic_path(out_dir / "llm" / timing.relative_to(llm_dir)) as tmp:
+                shutil.copyfile(timing, tmp)
+    if pretrain_dir is not None:
+        for timing in sorted(Path(pretrain_dir).glob("*/run/timing.json")):
+            with atomic_path(out_dir / "pretrain" / timing.relative_to(pretrain_dir)) as tmp:
                 shutil.copyfile(timing, tmp)
     return len(paths)
 
@@ -721,16 +732,58 @@ def sft_timing_records(paths) -> list[dict]:
             data = _read_json_or_empty(p) if p.exists() else {}
             if not p.exists():
                 raise P2RecError(f"{p}: extraction timing file not found")
-            extract[(p.parts[-3], p.parts[-2])] = data.get("extract_s", data.get("wall_s"))
+            extract[(p.parts[-3], p.parts[-2])] = (data.get("extract_s", data.get("wall_s")),
+                                                   data.get("wall_s", data.get("extract_s")))
     records = [sft_timing_record(p) for p in paths if p.name != EXTRACT_TIMING]
     for r in records:
         if (r["dataset"], r["variant"]) in extract:
-            r["extract_s"] = extract[(r["dataset"], r["variant"])]
+            r["extract_s"], r["extract_wall_s"] = extract[(r["dataset"], r["variant"])]
     return records
 
 
-def efficiency_tables(grid: Grid, sft_timings=()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Downstream (per dataset, backbone, variant: means over seeds) and SFT (per dataset, variant) tables."""
+def stage0_seconds(paths) -> dict[str, float]:
+    """Total seconds of each dataset's stage-0 run from its timing file (.../{dataset}/run/timing.json)."""
+    out = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise P2RecError(f"{p}: stage-0 timing file not found")
+        seconds = _read_json_or_empty(p).get("total_seconds")
+        if isinstance(seconds, (int, float)):
+            out[p.parts[-3]] = float(seconds)
+    return out
+
+
+def wall_time_table(grid: Grid, sft: pd.DataFrame, stage0_timings=()) -> pd.DataFrame:
+    """Per dataset, the measured time of every stage of the grid, summed: stage 0, the SFT jobs (wall
+    seconds), the extractions (wall seconds) and the successful backbone runs (seconds inside the trainer)."""
+    stage0 = stage0_seconds(stage0_timings)
+    rows = []
+    for dataset in dict.fromkeys(d for d, _ in grid.rows()):
+        runs = [r for (d, _, _), cell in grid.cells.items() if d == dataset for r in cell.ok_runs]
+        run_s = [r.timing().get("total_seconds") for r in runs]
+        run_s = [x for x in run_s if isinstance(x, (int, float))]
+        row = {"dataset": dataset, "stage0_s": stage0.get(dataset), "sft_jobs": 0, "sft_s": None,
+               "extraction_s": None, "runs": len(run_s), "runs_s": float(sum(run_s)) if run_s else None}
+        if len(sft) and "dataset" in sft.columns:
+            mine = sft[sft["dataset"] == dataset]
+            wall = [w if _is_number(w) else t for w, t in zip(mine.get("wall_s", [None] * len(mine)),
+                                                             mine.get("train_s", [None] * len(mine)))]
+            wall = [float(w) for w in wall if _is_number(w)]
+            ext = [float(x) for x in mine.get("extract_wall_s", []) if _is_number(x)]
+            row.update(sft_jobs=len(wall), sft_s=sum(wall) if wall else None, extraction_s=sum(ext) if ext else None)
+        row["total_s"] = sum(row[k] for k in ("stage0_s", "sft_s", "extraction_s", "runs_s") if row[k] is not None)
+        row["total_h"] = row["total_s"] / 3600
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and not pd.isna(x)
+
+
+def efficiency_tables(grid: Grid, sft_timings=(), stage0_timings=()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Downstream (per dataset, backbone, variant: means over seeds), SFT (per dataset, variant) and wall-time
+    (per dataset: every stage summed) tables."""
     rows = []
     for (d, b, v), cell in grid.cells.items():
         timings = [r.timing() for r in cell.ok_runs]
@@ -746,10 +799,33 @@ def efficiency_tables(grid: Grid, sft_timings=()) -> tuple[pd.DataFrame, pd.Data
     order = {(d, b, v): i for i, (d, b, v) in enumerate((d, b, v) for d, b in grid.rows() for v in grid.variants)}
     run_table = pd.DataFrame(sorted(rows, key=lambda r: order.get((r["dataset"], r["backbone"], r["variant"]), 0)))
     sft = pd.DataFrame(sft_timing_records(sft_timings))
-    return run_table, sft
+    return run_table, sft, wall_time_table(grid, sft, stage0_timings)
 
 
-def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str = "p2rec") -> str:
+WALL_TIME_COLUMNS = [("stage0_s", "stage 0 s"), ("sft_jobs", "SFT jobs"), ("sft_s", "SFT s"),
+                     ("extraction_s", "extraction s"), ("runs", "backbone runs"), ("runs_s", "backbone runs s"),
+                     ("total_s", "total s"), ("total_h", "total h")]
+
+
+def render_wall_time(wall: pd.DataFrame) -> str:
+    if not len(wall):
+        return ""
+    shown = wall[["dataset"]].copy()
+    for key, label in WALL_TIME_COLUMNS:
+        shown[label] = wall[key].map(lambda x: "" if x is None or pd.isna(x) else
+                                     (f"{x:.1f}" if key == "total_h" else f"{int(round(x)):,}"))
+    return "\n".join([
+        "## Wall time per dataset", "",
+        "Table: Measured time of every stage of this table's grid, per dataset, summed: stage 0 (the collaborative "
+        "recommender), the SFT jobs and the embedding extractions (wall seconds of each job) and the successful "
+        "backbone runs (seconds inside the trainer). Total = their sum: the time of one worker running the jobs "
+        "one after the other (jobs that ran at once overlapped in wall-clock time); the k-means and PCA steps "
+        "(seconds each) are not included. Empty = no timing file given for that stage.", "",
+        shown.to_markdown(index=False)])
+
+
+def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str = "p2rec",
+                      wall: pd.DataFrame | None = None) -> str:
     parts = ["## Downstream training", "",
              "Table: Backbone training per run, means over seeds (seconds measured inside the trainer; "
              "s/epoch = training time per epoch without evaluation).", ""]
@@ -779,6 +855,8 @@ def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str
                 f"{w / ref[d]:.1f}x" if ref.get(d) and isinstance(w, (int, float)) and not pd.isna(w) else ""
                 for d, w in zip(sft["dataset"], sft["epoch_wall_s"])]
         parts.append(shown.to_markdown(index=False))
+    if wall is not None and len(wall):
+        parts += ["", render_wall_time(wall)]
     return "\n".join(parts) + "\n"
 
 
@@ -805,7 +883,7 @@ def _csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def build_tables(metrics_paths, out_dir: str | os.PathLike, context: dict | None = None, sft_timings=(),
-                 grid_filter: bool = False) -> dict[str, Path]:
+                 grid_filter: bool = False, stage0_timings=()) -> dict[str, Path]:
     """Build every table from the runs' metrics.json paths into ``out_dir``; returns the written files.
 
     ``context`` (see ``report_context``) gives the report settings, the grid order and the LLM for the
@@ -840,10 +918,11 @@ def build_tables(metrics_paths, out_dir: str | os.PathLike, context: dict | None
     write_text(out / "robustness.md", rob_md)
     write_text(out / "robustness.tex", rob_tex)
     _csv(rob, out / "robustness.csv")
-    run_eff, sft_eff = efficiency_tables(grid, sft_timings)
-    write_text(out / "efficiency.md", render_efficiency(run_eff, sft_eff, settings["treatment"]))
-    eff = pd.concat([run_eff.assign(stage="train"), sft_eff.assign(stage="sft")], ignore_index=True) \
-        if len(sft_eff) else run_eff.assign(stage="train")
+    run_eff, sft_eff, wall = efficiency_tables(grid, sft_timings, stage0_timings)
+    write_text(out / "efficiency.md", render_efficiency(run_eff, sft_eff, settings["treatment"], wall))
+    parts = [run_eff.assign(stage="train")] + ([sft_eff.assign(stage="sft")] if len(sft_eff) else []) \
+        + ([wall.assign(stage="total")] if len(wall) else [])
+    eff = pd.concat(parts, ignore_index=True)
     _csv(eff, out / "efficiency.csv")
     for name in TABLE_FILES:
         written[name] = out / name
@@ -896,6 +975,16 @@ def llm_timing_files(config: dict, extraction: bool = False) -> list[str]:
         return []
     return [template.format(dataset=d, variant=v) for d in config["datasets"] for v in config["variants"]
             if v in settings["sft_variants"]]
+
+
+def stage0_timing_files(config: dict) -> list[str]:
+    """Stage-0 timing files of the configured datasets, when a configured variant starts from stage 0's item
+    table (an item_init under results/pretrain/ or results/llm/)."""
+    template = config["report"].get("stage0_timing")
+    inits = [str((config["variant_catalog"].get(v) or {}).get("item_init") or "") for v in config["variants"]]
+    if not template or not any(i.startswith(("results/pretrain/", "results/llm/")) for i in inits):
+        return []
+    return [template.format(dataset=d) for d in config["datasets"]]
 
 
 def report_targets(config: dict) -> list[str]:
