@@ -239,8 +239,10 @@ def test_new_variants_appear_without_code_change_and_collect_rebuilds(tmp_path):
     llm = tmp_path / "llm"
     shutil.copytree(FIXTURES / "llm", llm)
     collected = tmp_path / "collected"
-    assert cli(["collect", "--runs", str(runs), "--out", str(collected), "--llm", str(llm)]) == 0
+    assert cli(["collect", "--runs", str(runs), "--out", str(collected), "--llm", str(llm),
+                "--pretrain", str(FIXTURES / "pretrain")]) == 0
     assert (collected / "toy/sasrec/textemb/seed2/ranks.csv.gz").exists()
+    assert (collected / "pretrain/toy/run/timing.json").exists()
     assert not (collected / "toy/sasrec/p2rec/seed1/checkpoint.pt").exists()
     assert (collected / "llm/toy/instance/timing.json").exists() and (collected / "llm/toy/p2rec/extract_timing.json").exists()
     out = tmp_path / "tables"
@@ -252,6 +254,8 @@ def test_new_variants_appear_without_code_change_and_collect_rebuilds(tmp_path):
     assert cells[("toy", "sasrec")]["HR@10 textemb"] == cells[("toy", "sasrec")]["HR@10 p2rec"].replace("†", "")
     assert cells[("mini", "sasrec")]["HR@10 cf_init"] == "—"  # never configured, never found: not a failure
     assert "instance" in (out / "efficiency.md").read_text()
+    totals = pd.read_csv(out / "efficiency.csv").query("stage == 'total'").set_index("dataset")
+    assert totals.loc["toy", "stage0_s"] == 7.5  # the collected stage-0 timing file
     for name in ("toy/scores.png", "toy/convergence.pdf", "mini/scores.pdf", "sft_efficiency.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000, name
     # with a configuration the grid is what it names: other backbones left out, absent runs failed
