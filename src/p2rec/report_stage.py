@@ -43,8 +43,6 @@ def _collect(args):
 
 
 def _tables(args):
-    from pathlib import Path
-
     from p2rec.tables import build_tables, find_runs, find_sft_timings, find_stage0_timings, read_context
 
     context = read_context(args.config)
@@ -54,8 +52,7 @@ def _tables(args):
     if not paths:
         raise P2RecError(f"{args.source}: no runs found (expected {{dataset}}/{{backbone}}/{{variant}}/seed{{seed}}/metrics.json)")
     if args.config:  # the config's grid decides: runs and SFT timings of other cells stay out of tables and plots
-        paths, timings = in_grid(paths, timings, context.get("grid", {}))
-        stage0 = [t for t in stage0 if Path(t).parts[-3] in context.get("grid", {}).get("datasets", [])]
+        paths, timings, stage0 = in_grid(paths, timings, context.get("grid", {}), stage0)
     written = build_tables(paths, args.out, context, sft_timings=timings, grid_filter=bool(args.config),
                            stage0_timings=stage0)
     if args.plots:
@@ -64,9 +61,10 @@ def _tables(args):
                       "written": sorted(map(str, written.values()))}))
 
 
-def in_grid(run_paths, sft_timings, grid: dict) -> tuple[list, list]:
-    """Run files ``{dataset}/{backbone}/{variant}/seed{seed}/metrics.json`` and SFT timing files
-    ``llm/{dataset}/{variant}/*.json`` of the grid's cells only."""
+def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list, list, list]:
+    """Run files ``{dataset}/{backbone}/{variant}/seed{seed}/metrics.json``, SFT timing files
+    ``llm/{dataset}/{variant}/*.json`` and stage-0 timing files ``pretrain/{dataset}/run/timing.json`` of the
+    grid's cells only."""
     from pathlib import Path
 
     from p2rec.tables import run_key
@@ -74,7 +72,8 @@ def in_grid(run_paths, sft_timings, grid: dict) -> tuple[list, list]:
     runs = [p for p in run_paths if all(value in grid.get(f"{key}s", []) for key, value in run_key(p).items())]
     timings = [t for t in sft_timings
                if Path(t).parts[-3] in grid.get("datasets", []) and Path(t).parts[-2] in grid.get("variants", [])]
-    return runs, timings
+    stage0 = [t for t in stage0_timings if Path(t).parts[-3] in grid.get("datasets", [])]
+    return runs, timings, stage0
 
 
 def _plots(args):

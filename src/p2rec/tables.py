@@ -766,19 +766,23 @@ def wall_time_table(grid: Grid, sft: pd.DataFrame, stage0_timings=()) -> pd.Data
                "extraction_s": None, "runs": len(run_s), "runs_s": float(sum(run_s)) if run_s else None}
         if len(sft) and "dataset" in sft.columns:
             mine = sft[sft["dataset"] == dataset]
-            wall = [w if _is_number(w) else t for w, t in zip(mine.get("wall_s", [None] * len(mine)),
-                                                             mine.get("train_s", [None] * len(mine)))]
-            wall = [float(w) for w in wall if _is_number(w)]
-            ext = [float(x) for x in mine.get("extract_wall_s", []) if _is_number(x)]
-            row.update(sft_jobs=len(wall), sft_s=sum(wall) if wall else None, extraction_s=sum(ext) if ext else None)
+            wall = _first_number(mine, "wall_s", "train_s").dropna()  # a job's wall time, else its training time
+            ext = _first_number(mine, "extract_wall_s").dropna()
+            row.update(sft_jobs=len(wall), sft_s=float(wall.sum()) if len(wall) else None,
+                       extraction_s=float(ext.sum()) if len(ext) else None)
         row["total_s"] = sum(row[k] for k in ("stage0_s", "sft_s", "extraction_s", "runs_s") if row[k] is not None)
         row["total_h"] = row["total_s"] / 3600
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and not pd.isna(x)
+def _first_number(frame: pd.DataFrame, *columns: str) -> pd.Series:
+    """Row by row, the first of ``columns`` that holds a number (NaN where none does or none exists)."""
+    out = pd.Series(np.nan, index=frame.index)
+    for column in columns:
+        if column in frame.columns:
+            out = out.fillna(pd.to_numeric(frame[column], errors="coerce"))
+    return out
 
 
 def efficiency_tables(grid: Grid, sft_timings=(), stage0_timings=()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -808,8 +812,6 @@ WALL_TIME_COLUMNS = [("stage0_s", "stage 0 s"), ("sft_jobs", "SFT jobs"), ("sft_
 
 
 def render_wall_time(wall: pd.DataFrame) -> str:
-    if not len(wall):
-        return ""
     shown = wall[["dataset"]].copy()
     for key, label in WALL_TIME_COLUMNS:
         shown[label] = wall[key].map(lambda x: "" if x is None or pd.isna(x) else
