@@ -72,10 +72,18 @@ def history_numbers(path: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows]
 
 
+def logged_epochs(log: str) -> list[int]:
+    """Epoch numbers of the per-epoch lines of a run log."""
+    total = SETTINGS["train"]["epochs"]
+    return [int(n) for n in re.findall(rf"^epoch (\d+)/{total}: loss [\d.]+, valid ndcg@10 [\d.]+ \(best ", log, re.M)]
+
+
 def test_sigkill_during_training_then_resume_gives_the_uninterrupted_result(tmp_path, data):
     started = time.perf_counter()
     reference = tmp_path / "reference"
-    finish(p2rec(*train_args(data, reference), cwd=tmp_path))
+    _, reference_err = finish(p2rec(*train_args(data, reference), cwd=tmp_path))
+    # the run log (--no-progress, as in the workflow) says every epoch on its own line
+    assert logged_epochs(reference_err) == list(range(1, SETTINGS["train"]["epochs"] + 1)), reference_err[-2000:]
     reference_s = time.perf_counter() - started
 
     run = tmp_path / "interrupted"
@@ -100,6 +108,7 @@ def test_sigkill_during_training_then_resume_gives_the_uninterrupted_result(tmp_
     assert match, f"the rerun did not resume: {err[-2000:]}"
     epoch = int(match.group(1))
     assert 0 < epoch < SETTINGS["train"]["epochs"], epoch
+    assert logged_epochs(err) == list(range(epoch + 1, SETTINGS["train"]["epochs"] + 1)), err[-2000:]
 
     want = json.loads((reference / "metrics.json").read_text())
     got = json.loads((run / "metrics.json").read_text())

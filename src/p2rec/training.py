@@ -215,6 +215,11 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
                          best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         else:
             state["bad"] += 1
+        if not progress:  # a log file gets one line per epoch instead of a redrawn bar
+            print(f"epoch {state['epoch']}/{tr['epochs']}: loss {total / count:.4f}, valid {select} "
+                  f"{metrics[select]:.4f} (best {state['best']:.4f} at epoch {state['best_epoch']}, "
+                  f"{state['bad']}/{tr['patience']} without gain), {train_s:.1f} s train, {eval_s:.1f} s eval",
+                  file=sys.stderr, flush=True)
         bar.update(1)
         bar.set_postfix(loss=f"{total / count:.4f}", **{select: f"{metrics[select]:.4f}"},
                         best=f"{state['best']:.4f}@{state['best_epoch']}")
