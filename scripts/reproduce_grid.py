@@ -55,6 +55,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="DATASET/BACKBONE",
                         help="cells to leave out, e.g. beauty/sasrec (their seeds were run elsewhere)")
+    parser.add_argument("--done", action="append", default=[], metavar="LOSS=DIR",
+                        help="runs made elsewhere, laid out DIR/{dataset}/{backbone}/none/seed{seed}: a cell whose "
+                             "metrics.json is there is not run again (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs to do and stop")
     parser.add_argument("--train-override", type=json.loads, default={},
                         help='JSON merged into every run\'s train settings, e.g. \'{"weight_decay": 1e-4}\'')
     parser.add_argument("--model-override", type=json.loads, default={},
@@ -63,12 +67,21 @@ def main() -> None:
 
     config = validate_config(yaml.safe_load(Path(args.config).read_text()))
     out = Path(args.out)
+    done_elsewhere = []
+    for item in args.done:
+        loss, sep, folder = item.partition("=")
+        if not sep or loss not in ("bce", "ce") or not Path(folder).is_dir():
+            sys.exit(f"error: --done {item!r}: expected LOSS=DIR with LOSS bce or ce and DIR an existing folder")
+        done_elsewhere.append((loss, Path(folder)))
     queue = []
     for dataset, backbone, loss, seed in grid_cells(args.datasets, args.backbones, args.losses, args.seeds):
         if f"{dataset}/{backbone}" in args.exclude:
             continue
         run_dir = out / loss / dataset / backbone / "none" / f"seed{seed}"
         if (run_dir / "metrics.json").exists():
+            continue
+        cell = Path(dataset) / backbone / "none" / f"seed{seed}" / "metrics.json"
+        if any(loss == done_loss and (folder / cell).exists() for done_loss, folder in done_elsewhere):
             continue
         data = Path(args.data_root) / dataset / "sequences.txt"
         if not data.exists():
@@ -81,6 +94,10 @@ def main() -> None:
                                 "--settings", json.dumps(settings, sort_keys=True), "--seed", str(seed),
                                 "--out-dir", str(run_dir), "--no-progress", "--record-failure", "true"]))
     print(f"{len(queue)} runs to do, {args.jobs} at once", flush=True)
+    if args.dry_run:
+        for run_dir, _ in queue:
+            print(run_dir.relative_to(out))
+        return
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     running: list[tuple[Path, subprocess.Popen, float]] = []
 
