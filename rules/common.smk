@@ -2,7 +2,7 @@
 import json
 import re
 
-from p2rec.config import train_settings, validate_config
+from p2rec.config import dataset_seeds, train_settings, validate_config
 from p2rec.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on resources.gpu devices of its own
 
 config.update(validate_config(config))
@@ -31,7 +31,7 @@ def run_metrics():
         for d in config["datasets"]
         for b in config["backbones"]
         for v in config["variants"]
-        for s in config["seeds"]
+        for s in dataset_seeds(config, d)
     ]
 
 

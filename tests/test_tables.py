@@ -1,8 +1,9 @@
 """Paper tables, plots, failure records, collect/rebuild and the Snakemake report.
 
 The fixture runs under tests/fixtures/runs/ are hand-made (8 and 6 users, ranks chosen by hand):
-toy/{sasrec,gru4rec} and mini/sasrec with variants none, cf_init, p2rec and seeds 1-2; toy/gru4rec/cf_init
-failed on both seeds, toy/gru4rec/p2rec failed on seed 2, mini/sasrec/cf_init does not exist.
+toy/{sasrec,gru4rec} with variants none, cf_init, p2rec and seeds 1-2, mini/sasrec with none and p2rec,
+seed 1; toy/gru4rec/cf_init failed on both seeds, toy/gru4rec/p2rec failed on seed 2, mini/sasrec/cf_init
+does not exist.
 The expected outputs under tests/fixtures/expected/ were reviewed by hand; regenerate them with
 `P2REC_UPDATE_EXPECTED=1 pytest tests/test_tables.py -k expected` after an intended format change.
 """
@@ -127,7 +128,7 @@ def test_failed_and_missing_runs_render_as_failed_with_reasons(tables):
 
 def test_captions_come_from_the_configuration(tables):
     md = (tables / "main.md").read_text()
-    for text in ("means over 2 seeds (1, 2)", "full ranking over all items", "items of the input sequence masked",
+    for text in ("means over seeds 1, 2 (toy); 1 (mini)", "full ranking over all items", "items of the input sequence masked",
                  "two-sided paired t-test", "Holm correction across the 8 comparisons", "alpha = 0.05",
                  "LLM: SmolLM2-135M-Instruct (lora.r=8, lora.alpha=16, lr=0.0002)"):
         assert text in md, text
@@ -434,3 +435,52 @@ def test_p2rec_summary_script_reports_per_seed_scores_and_user_level_ttests(tmp_
     expected = stats.ttest_rel(t.loc[c.index], c).pvalue
     assert row["p_value"].iloc[0] == pytest.approx(expected, rel=1e-4)
     assert json.loads((out / "toy_timings.json").read_text())["sft_samples"] is not None
+
+
+# ----------------------------------------------------------------------------------------------- dataset seeds
+def test_dataset_seeds_narrow_the_expected_grid_of_one_dataset():
+    from p2rec.tables import build_grid, load_runs
+
+    runs = load_runs(sorted(RUNS.glob("*/*/*/seed*/metrics.json")))
+    order = {"datasets": ["toy", "mini"], "backbones": ["sasrec"], "variants": ["none", "p2rec"], "seeds": [1, 2]}
+    plain = build_grid(runs, order, expect=True)
+    assert [r.reason for r in plain.cell("mini", "sasrec", "none").failed] == ["no result (metrics.json not found)"]
+    narrowed = build_grid(runs, {**order, "dataset_seeds": {"mini": [1]}}, expect=True)
+    assert narrowed.cell("mini", "sasrec", "none").status == "ok"
+    assert narrowed.seeds_by_dataset() == {"toy": [1, 2], "mini": [1]}
+    # a seed outside the dataset's own list is left out even where its run exists
+    only_two = build_grid(runs, {**order, "dataset_seeds": {"toy": [2]}}, expect=True)
+    assert [r.seed for r in only_two.cell("toy", "sasrec", "none").runs] == [2]
+
+
+def test_seeds_caption_per_dataset_only_where_they_differ():
+    from p2rec.tables import seeds_text
+
+    assert seeds_text([1, 2, 3]) == "3 seeds (1, 2, 3)"
+    assert seeds_text({"beauty": [1, 2, 3], "yelp": [1, 2, 3]}) == "3 seeds (1, 2, 3)"
+    assert seeds_text({"beauty": [1, 2, 3], "yelp": [1]}) == "seeds 1, 2, 3 (beauty); 1 (yelp)"
+
+
+def test_dataset_seeds_in_config_files_and_filters(tmp_path):
+    from p2rec import P2RecError
+    from p2rec.config import dataset_seeds, validate_config
+    from p2rec.report_stage import in_grid
+    from p2rec.tables import run_files
+
+    raw = {**yaml.safe_load((REPO / "config.yaml").read_text()), "datasets": ["synthetic"], "backbones": ["sasrec"],
+           "variants": ["none"], "seeds": [1, 2, 3], "dataset_seeds": {"synthetic": ["1"]}}
+    config = validate_config(raw)
+    assert dataset_seeds(config, "synthetic") == [1]
+    assert dataset_seeds(config, "beauty") == [1, 2, 3]
+    assert run_files(config, "metrics.json") == ["results/runs/synthetic/sasrec/none/seed1/metrics.json"]
+    assert report_context(config)["grid"]["dataset_seeds"] == {"synthetic": [1]}
+    with pytest.raises(P2RecError, match=r"dataset_seeds\.nowhere"):
+        validate_config({**raw, "dataset_seeds": {"nowhere": [1]}})
+    with pytest.raises(P2RecError, match=r"dataset_seeds\.synthetic"):
+        validate_config({**raw, "dataset_seeds": {"synthetic": []}})
+    paths = [f"c/{d}/sasrec/none/seed{s}/metrics.json" for d in ("a", "b") for s in (1, 2)]
+    grid = {"datasets": ["a", "b"], "backbones": ["sasrec"], "variants": ["none"], "seeds": [1, 2],
+            "dataset_seeds": {"b": [2]}}
+    runs, _, _ = in_grid(paths, [], grid)
+    assert runs == ["c/a/sasrec/none/seed1/metrics.json", "c/a/sasrec/none/seed2/metrics.json",
+                    "c/b/sasrec/none/seed2/metrics.json"]

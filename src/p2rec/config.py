@@ -48,8 +48,14 @@ def validate_config(config: dict) -> dict:
     schema = load_schema()
     config = copy.deepcopy(dict(config))
     # `snakemake --config 'seeds=[1,2]'` hands list items over as strings
+    def as_ints(seeds):
+        return [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in seeds]
+
     if isinstance(config.get("seeds"), list):
-        config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in config["seeds"]]
+        config["seeds"] = as_ints(config["seeds"])
+    if isinstance(config.get("dataset_seeds"), dict):
+        config["dataset_seeds"] = {d: as_ints(v) if isinstance(v, list) else v
+                                   for d, v in config["dataset_seeds"].items()}
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -70,6 +76,9 @@ def _check_names(config: dict) -> None:
                 f"config key 'datasets[{i}]': unknown dataset '{name}' (no entry in 'catalog'; "
                 f"known: {', '.join(sorted(config.get('catalog', {}))) or 'none'})"
             )
+    for name in config.get("dataset_seeds", {}):
+        if name not in config.get("catalog", {}):
+            problems.append(f"config key 'dataset_seeds.{name}': unknown dataset '{name}' (no entry in 'catalog')")
     for i, name in enumerate(config["backbones"]):
         if name not in BACKBONES:
             problems.append(
@@ -102,6 +111,11 @@ def _check_names(config: dict) -> None:
             problems.append(f"config key '{_key_path(['catalog', name, 'train', *err.absolute_path])}': {err.message}")
     if problems:
         raise P2RecError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def dataset_seeds(config: dict, dataset: str) -> list[int]:
+    """The seeds the grid runs on ``dataset``: its entry in 'dataset_seeds', else 'seeds'."""
+    return list(config.get("dataset_seeds", {}).get(dataset, config["seeds"]))
 
 
 def train_settings(config: dict, dataset: str, backbone: str) -> dict:

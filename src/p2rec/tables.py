@@ -68,7 +68,8 @@ def table_metrics(settings: dict) -> list[str]:
 def report_context(config: dict) -> dict:
     """What the tables need from a (validated) workflow configuration: grid order, protocol, report, LLM."""
     return {
-        "grid": {key: list(config[key]) for key in ("datasets", "backbones", "variants", "seeds")},
+        "grid": {**{key: list(config[key]) for key in ("datasets", "backbones", "variants", "seeds")},
+                 "dataset_seeds": {d: list(s) for d, s in config.get("dataset_seeds", {}).items()}},
         "eval": {k: config["eval"][k] for k in ("mode", "mask_history", "n_sampled") if k in config["eval"]},
         "report": report_settings(config.get("report")),
         "llm": config.get("llm") or {},
@@ -271,6 +272,10 @@ class Grid:
     def seeds(self) -> list[int]:
         return sorted({r.seed for c in self.cells.values() for r in c.runs})
 
+    def seeds_by_dataset(self) -> dict[str, list[int]]:
+        return {d: sorted({r.seed for (cd, _, _), c in self.cells.items() if cd == d for r in c.runs})
+                for d in self.datasets}
+
     def ok_runs(self) -> list[Run]:
         return [r for c in self.cells.values() for r in c.ok_runs]
 
@@ -284,7 +289,8 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
                ends: tuple[str, str] | None = None) -> Grid:
     """Group runs into cells, rows and columns in the order of ``order`` (datasets/backbones/variants/seeds
     lists; unnamed values follow in order of appearance). With ``expect`` the order is also the grid: every
-    run it names that is absent becomes a failed 'not found' run, and runs it does not name are left out.
+    run it names that is absent becomes a failed 'not found' run, and runs it does not name are left out
+    (``order['dataset_seeds']`` gives a dataset seeds of its own).
     Without a variant order, ``ends`` = (baseline, treatment) puts the baseline first and the treatment last,
     the others alphabetically between them."""
     order = dict(order or {})
@@ -301,13 +307,18 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
     names = ("datasets", "backbones", "variants", "seeds")
     if expect:
         lists = [list(order.get(n, [])) for n in names]
+        own_seeds = order.get("dataset_seeds") or {}
+
+        def seeds_of(dataset):
+            return list(own_seeds.get(dataset, lists[3]))
+
         for d in lists[0]:
             for b in lists[1]:
                 for v in lists[2]:
-                    for s in lists[3]:
+                    for s in seeds_of(d):
                         by_key.setdefault((d, b, v, s), Run(d, b, v, s, Path(d, b, v, f"seed{s}"), status="failed",
                                                             reason="no result (metrics.json not found)"))
-        by_key = {k: r for k, r in by_key.items() if all(k[i] in lists[i] for i in range(4))}
+        by_key = {k: r for k, r in by_key.items() if all(k[i] in lists[i] for i in range(3)) and k[3] in seeds_of(k[0])}
     cells: dict[tuple[str, str, str], Cell] = {}
     for key in sorted(by_key, key=lambda k: k[3]):
         cells.setdefault(key[:3], Cell([])).runs.append(by_key[key])
@@ -440,15 +451,30 @@ def test_text(settings: dict, n_comparisons: int | None = None) -> str:
             f"alpha = {settings['alpha']:g}")
 
 
-def main_caption(context: dict, *, seeds: list[int] | None = None, evals: list[dict] | None = None,
+def seeds_text(seeds: list[int] | dict[str, list[int]]) -> str:
+    """'3 seeds (1, 2, 3)'; per dataset where the datasets' seeds differ: 'seeds 1, 2, 3 (beauty); 1 (yelp)'."""
+    if isinstance(seeds, dict):
+        distinct = {tuple(v) for v in seeds.values()}
+        if len(distinct) > 1:
+            return "seeds " + "; ".join(f"{', '.join(map(str, v))} ({d})" for d, v in seeds.items())
+        seeds = list(distinct.pop()) if distinct else []
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+
+
+def main_caption(context: dict, *, seeds: list[int] | dict[str, list[int]] | None = None,
+                 evals: list[dict] | None = None,
                  n_comparisons: int | None = None, variants: list[str] | None = None, marker: str = "†") -> str:
     """The main table's caption, generated from the configuration and (when given) the runs."""
     s = context["report"]
     variants = variants if variants is not None else context.get("grid", {}).get("variants", [])
-    seeds = seeds if seeds is not None else context.get("grid", {}).get("seeds", [])
+    if seeds is None:
+        grid = context.get("grid", {})
+        own = grid.get("dataset_seeds") or {}
+        seeds = ({d: list(own.get(d, grid.get("seeds", []))) for d in grid.get("datasets", [])} if own
+                 else grid.get("seeds", []))
     metrics = ", ".join(_metric_label(m) for m in table_metrics(s))
     parts = [f"Test {metrics} by dataset and backbone; one column per method variant; "
-             f"means over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})."]
+             f"means over {seeds_text(seeds)}."]
     parts.append(protocol_text(evals if evals is not None else [context.get("eval", {})]))
     if len(variants) > 1:
         parts.append("Best per row and metric in bold, runner-up underlined.")
@@ -666,7 +692,12 @@ def render_simple(frame: pd.DataFrame, caption: str, label: str) -> tuple[str, s
     return "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
 
-def render_robustness(rob: pd.DataFrame, settings: dict, seeds: list[int]) -> tuple[str, str]:
+def render_robustness(rob: pd.DataFrame, settings: dict, seeds: list[int] | dict[str, list[int]]) -> tuple[str, str]:
+    if isinstance(seeds, dict) and len({tuple(v) for v in seeds.values()}) > 1:
+        seeds_label = seeds_text(seeds)
+    else:
+        flat = sorted({s for v in seeds.values() for s in v}) if isinstance(seeds, dict) else seeds
+        seeds_label = "seeds " + ", ".join(map(str, flat))
     shown = pd.DataFrame({
         "dataset": rob["dataset"], "backbone": rob["backbone"], "metric": rob["metric"].map(_metric_label),
         "comparison": rob["treatment"] + " vs " + rob["comparator"], "seeds": rob["n_seeds"].astype(int),
@@ -678,7 +709,7 @@ def render_robustness(rob: pd.DataFrame, settings: dict, seeds: list[int]) -> tu
     })
     corr = "Holm-adjusted across the rows of this table" if settings["correction"] == "holm" else "unadjusted"
     caption = (f"Robustness: seed-level two-sided paired t-test (per-seed test scores, seeds matched by id; "
-               f"seeds {', '.join(map(str, seeds))}); p (adj.) {corr}, alpha = {settings['alpha']:g}; "
+               f"{seeds_label}); p (adj.) {corr}, alpha = {settings['alpha']:g}; "
                f"wins = seeds where the first variant scores higher; n/a where fewer than two seeds are shared.")
     return render_simple(shown, caption, "tab:robustness")
 
@@ -906,7 +937,7 @@ def build_tables(metrics_paths, out_dir: str | os.PathLike, context: dict | None
     sig = significance_table(grid, settings)
     rob = robustness_table(grid, settings)
     evals = [r.config().get("eval", {}) for r in grid.ok_runs()]
-    seeds = grid.seeds
+    seeds = grid.seeds_by_dataset()
     caption = main_caption(context, seeds=seeds, evals=evals or None, n_comparisons=len(sig), variants=grid.variants)
     long, notes = main_table_data(grid, sig, settings)
     md, tex = render_main(long, notes, grid, settings, caption)
@@ -965,8 +996,10 @@ PLOT_KINDS = ("scores", "convergence")
 
 def run_files(config: dict, name: str, datasets: list[str] | None = None) -> list[str]:
     """``name`` (metrics.json, ranks.csv.gz, ...) of every configured run, optionally of some datasets only."""
+    from p2rec.config import dataset_seeds
+
     return [f"results/runs/{d}/{b}/{v}/seed{s}/{name}" for d in (datasets or config["datasets"])
-            for b in config["backbones"] for v in config["variants"] for s in config["seeds"]]
+            for b in config["backbones"] for v in config["variants"] for s in dataset_seeds(config, d)]
 
 
 def llm_timing_files(config: dict, extraction: bool = False) -> list[str]:
