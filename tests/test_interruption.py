@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -118,6 +119,14 @@ def test_sigkill_during_training_then_resume_gives_the_uninterrupted_result(tmp_
         (reference / "ranks.csv.gz").read_bytes())
     assert history_numbers(run / "history.csv") == history_numbers(reference / "history.csv")
     assert {p.name for p in run.iterdir()} == RUN_FILES  # checkpoint and temporary files are gone
+    # the resumed run's timing covers the epochs before the kill too (they are in its history)
+    timing = json.loads((run / "timing.json").read_text())
+    history = pd.read_csv(run / "history.csv")
+    before = history[history["epoch"] <= epoch]
+    assert timing["resumed_after_epoch"] == epoch
+    assert timing["seconds_before_resume"] == pytest.approx((before["train_seconds"] + before["eval_seconds"]).sum())
+    assert timing["total_seconds"] >= history["train_seconds"].sum() + history["eval_seconds"].sum()
+    assert "resumed_after_epoch" not in json.loads((reference / "timing.json").read_text())
     print(f"\ninterruption: uninterrupted run {reference_s:.1f} s; killed after the checkpoint of epoch {epoch}; "
           f"resumed run {resumed_s:.1f} s; test ndcg@10 {got['test']['ndcg@10']:.6f} in both")
 

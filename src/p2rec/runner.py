@@ -60,7 +60,9 @@ def run_training(data_path: str | Path, settings: dict, seed: int, out_dir: str 
         write_text(out_dir / "history.csv", buf.getvalue())
     if save_item_table:
         save_npy(save_item_table, model.item_table().detach().cpu().numpy().astype(np.float32))
-    timing = dict(result.timing, total_seconds=time.perf_counter() - started)
+    # a resumed run: this process's time plus the epochs the interrupted one finished (its checkpoint's)
+    timing = dict(result.timing,
+                  total_seconds=time.perf_counter() - started + result.timing.get("seconds_before_resume", 0.0))
     write_json(out_dir / "timing.json", timing)
     write_json(out_dir / "config.json", {"seed": seed, "data": str(data_path), "item_init": str(item_init) if item_init else None,
                                          **settings})

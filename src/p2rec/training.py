@@ -189,6 +189,9 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
                              f"delete it to start the run over") from None
         # always said (also with --no-progress): the run log must show that a rerun resumed
         print(f"resuming from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr, flush=True)
+    # what the epochs before a resume cost (their training and validation), so the run's timing covers them
+    resumed = {"resumed_after_epoch": state["epoch"],
+               "seconds_before_resume": state["train_seconds"] + state["eval_seconds"]} if ckpt is not None else {}
     valid_candidates = candidates.get("valid") if candidates else None
     bar = tqdm(total=tr["epochs"], initial=state["epoch"], desc="epochs", disable=not progress, unit="ep")
     while state["epoch"] < tr["epochs"] and state["bad"] < tr["patience"]:
@@ -244,6 +247,7 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         "test_eval_seconds": test_eval_s,
         "training_sequences": len(pairs),
         "device": str(device),
+        **resumed,
         **environment(device),
     }
     return TrainResult(valid=metrics_from_ranks(valid_ranks, ev["ks"]), test=metrics_from_ranks(test_ranks, ev["ks"]),
