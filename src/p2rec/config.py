@@ -114,8 +114,9 @@ def _check_names(config: dict) -> None:
 
 
 def dataset_seeds(config: dict, dataset: str) -> list[int]:
-    """The seeds the grid runs on ``dataset``: its entry in 'dataset_seeds', else 'seeds'."""
-    return list(config.get("dataset_seeds", {}).get(dataset, config["seeds"]))
+    """The seeds the grid runs on ``dataset``: its entry in 'dataset_seeds', else 'seeds'. ``config`` is a
+    configuration or the tables' grid (``report_context(...)['grid']``), which has the same two keys."""
+    return list((config.get("dataset_seeds") or {}).get(dataset, config.get("seeds", [])))
 
 
 def train_settings(config: dict, dataset: str, backbone: str) -> dict:

@@ -67,14 +67,14 @@ def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list
     grid's cells only."""
     from pathlib import Path
 
+    from p2rec.config import dataset_seeds
     from p2rec.tables import run_key
 
     datasets, variants = grid.get("datasets", []), grid.get("variants", [])
-    own_seeds = grid.get("dataset_seeds") or {}
 
     def wanted(key: dict) -> bool:
-        seeds = own_seeds.get(key["dataset"], grid.get("seeds", []))
-        return key["seed"] in seeds and all(key[k] in grid.get(f"{k}s", []) for k in ("dataset", "backbone", "variant"))
+        return key["seed"] in dataset_seeds(grid, key["dataset"]) and \
+            all(key[k] in grid.get(f"{k}s", []) for k in ("dataset", "backbone", "variant"))
 
     runs = [p for p in run_paths if wanted(run_key(p))]
     timings = [t for t in sft_timings if Path(t).parts[-3] in datasets and Path(t).parts[-2] in variants]

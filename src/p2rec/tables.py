@@ -268,10 +268,6 @@ class Grid:
     def cell(self, dataset: str, backbone: str, variant: str) -> Cell | None:
         return self.cells.get((dataset, backbone, variant))
 
-    @property
-    def seeds(self) -> list[int]:
-        return sorted({r.seed for c in self.cells.values() for r in c.runs})
-
     def seeds_by_dataset(self) -> dict[str, list[int]]:
         return {d: sorted({r.seed for (cd, _, _), c in self.cells.items() if cd == d for r in c.runs})
                 for d in self.datasets}
@@ -306,19 +302,17 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
         by_key[key] = run
     names = ("datasets", "backbones", "variants", "seeds")
     if expect:
-        lists = [list(order.get(n, [])) for n in names]
-        own_seeds = order.get("dataset_seeds") or {}
+        from p2rec.config import dataset_seeds
 
-        def seeds_of(dataset):
-            return list(own_seeds.get(dataset, lists[3]))
-
+        lists = [list(order.get(n, [])) for n in names[:3]]
         for d in lists[0]:
             for b in lists[1]:
                 for v in lists[2]:
-                    for s in seeds_of(d):
+                    for s in dataset_seeds(order, d):
                         by_key.setdefault((d, b, v, s), Run(d, b, v, s, Path(d, b, v, f"seed{s}"), status="failed",
                                                             reason="no result (metrics.json not found)"))
-        by_key = {k: r for k, r in by_key.items() if all(k[i] in lists[i] for i in range(3)) and k[3] in seeds_of(k[0])}
+        by_key = {k: r for k, r in by_key.items()
+                  if all(k[i] in lists[i] for i in range(3)) and k[3] in dataset_seeds(order, k[0])}
     cells: dict[tuple[str, str, str], Cell] = {}
     for key in sorted(by_key, key=lambda k: k[3]):
         cells.setdefault(key[:3], Cell([])).runs.append(by_key[key])
@@ -468,9 +462,10 @@ def main_caption(context: dict, *, seeds: list[int] | dict[str, list[int]] | Non
     s = context["report"]
     variants = variants if variants is not None else context.get("grid", {}).get("variants", [])
     if seeds is None:
+        from p2rec.config import dataset_seeds
+
         grid = context.get("grid", {})
-        own = grid.get("dataset_seeds") or {}
-        seeds = ({d: list(own.get(d, grid.get("seeds", []))) for d in grid.get("datasets", [])} if own
+        seeds = ({d: dataset_seeds(grid, d) for d in grid.get("datasets", [])} if grid.get("dataset_seeds")
                  else grid.get("seeds", []))
     metrics = ", ".join(_metric_label(m) for m in table_metrics(s))
     parts = [f"Test {metrics} by dataset and backbone; one column per method variant; "
@@ -692,12 +687,12 @@ def render_simple(frame: pd.DataFrame, caption: str, label: str) -> tuple[str, s
     return "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
 
-def render_robustness(rob: pd.DataFrame, settings: dict, seeds: list[int] | dict[str, list[int]]) -> tuple[str, str]:
-    if isinstance(seeds, dict) and len({tuple(v) for v in seeds.values()}) > 1:
+def render_robustness(rob: pd.DataFrame, settings: dict, seeds: dict[str, list[int]]) -> tuple[str, str]:
+    """``seeds``: each dataset's seeds (``Grid.seeds_by_dataset``)."""
+    if len({tuple(v) for v in seeds.values()}) > 1:
         seeds_label = seeds_text(seeds)
     else:
-        flat = sorted({s for v in seeds.values() for s in v}) if isinstance(seeds, dict) else seeds
-        seeds_label = "seeds " + ", ".join(map(str, flat))
+        seeds_label = "seeds " + ", ".join(map(str, sorted({s for v in seeds.values() for s in v})))
     shown = pd.DataFrame({
         "dataset": rob["dataset"], "backbone": rob["backbone"], "metric": rob["metric"].map(_metric_label),
         "comparison": rob["treatment"] + " vs " + rob["comparator"], "seeds": rob["n_seeds"].astype(int),
