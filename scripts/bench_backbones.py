@@ -10,6 +10,9 @@ reported figures are medians over repeats.
     python scripts/bench_backbones.py --data results/data/beauty/sequences.txt --max-len 50 \
         --epochs-to-time 1 --repeat 3 --out results/bench/beauty
 
+``--precisions fp32 bf16`` times each backbone's training with both dtypes of the cross-entropy's matrix
+products (``train.precision``), interleaved like the repeats, and reports the bf16 speed-up per backbone.
+
 writes ``<out>.csv`` and ``<out>.md`` and prints the table.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking
 from p2rec.io import write_text
+from p2rec.losses import PRECISIONS
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
 from p2rec.training import environment, make_batches, train_epoch, resolve_device, seed_everything, training_pairs
@@ -54,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=sorted(PRECISIONS),
+                   help="train.precision values to time side by side (default: fp32 only)")
     p.add_argument("--compare-generic", action="store_true",
                    help="also time the reference evaluation path (full forward, padded batches) and report the "
                         "speed-up and the share of identical ranks")
@@ -71,13 +77,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(model, optimizer, pairs, batch_size: int, epochs: int, device, rng) -> float:
+def time_training(model, optimizer, pairs, batch_size: int, epochs: int, device, rng, precision: str = "fp32") -> float:
     """Seconds per epoch of the trainer's loop (bucketed shuffled batches, CE, Adam)."""
     model.train()
     _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        train_epoch(model, optimizer, pairs, make_batches(pairs, batch_size, rng), "ce", 0, device)
+        train_epoch(model, optimizer, pairs, make_batches(pairs, batch_size, rng), "ce", 0, device, precision=precision)
     _sync(device)
     return (time.perf_counter() - start) / epochs
 
@@ -104,17 +110,20 @@ def run(args: argparse.Namespace) -> list[dict]:
     pairs = training_pairs(split.train, args.max_len)
     if not pairs:
         raise P2RecError(f"{args.data}: no user has two or more training items")
-    setups = {}
+    setups = {}  # (backbone, precision) -> its own model, optimiser and batch order, all from the same seed
     for name in args.backbones:
-        seed_everything(args.seed)
-        model = build_backbone(name, data.num_items, args.hidden, args.max_len).to(device)
-        setups[name] = (model, torch.optim.Adam(model.parameters(), lr=args.lr), np.random.default_rng(args.seed))
-    times = {name: {"train": [], "valid": [], "test": [], "generic": [], "rank_agreement": []} for name in args.backbones}
+        for precision in args.precisions:
+            seed_everything(args.seed)
+            model = build_backbone(name, data.num_items, args.hidden, args.max_len).to(device)
+            setups[name, precision] = (model, torch.optim.Adam(model.parameters(), lr=args.lr),
+                                       np.random.default_rng(args.seed))
+    times = {key: {"train": [], "valid": [], "test": [], "generic": [], "rank_agreement": []} for key in setups}
     for rep in range(args.repeat):
-        for name, (model, optimizer, rng) in setups.items():
-            t = times[name]
+        for (name, precision), (model, optimizer, rng) in setups.items():
+            t = times[name, precision]
             if args.epochs_to_time:
-                t["train"].append(time_training(model, optimizer, pairs, args.batch_size, args.epochs_to_time, device, rng))
+                t["train"].append(time_training(model, optimizer, pairs, args.batch_size, args.epochs_to_time, device,
+                                                rng, precision))
             with torch.no_grad():
                 t["valid"].append(time_evaluation(model, split.inputs("valid"), split.targets("valid"), args.max_len,
                                                   args.eval_batch_size, device)[0])
@@ -127,16 +136,18 @@ def run(args: argparse.Namespace) -> list[dict]:
                     t["generic"].append(seconds)
                     t["rank_agreement"].append(float(np.mean(ranks == reference)))
             epoch = f"epoch {t['train'][-1]:.2f}s, " if t["train"] else ""
-            print(f"repeat {rep + 1}/{args.repeat} {name}: {epoch}valid pass "
+            label = f"{name} {precision}" if len(args.precisions) > 1 else name
+            print(f"repeat {rep + 1}/{args.repeat} {label}: {epoch}valid pass "
                   f"{t['valid'][-1]:.3f}s, test pass {t['test'][-1]:.3f}s"
                   + (f", generic test pass {t['generic'][-1]:.3f}s" if args.compare_generic else ""),
                   file=sys.stderr, flush=True)
     rows = []
     users = len(split.users)
-    for name, (model, _, _) in setups.items():
-        t = {k: statistics.median(v) for k, v in times[name].items() if v}
+    for (name, precision), (model, _, _) in setups.items():
+        t = {k: statistics.median(v) for k, v in times[name, precision].items() if v}
         rows.append({
             "backbone": name,
+            "precision": precision,
             "parameters": sum(p.numel() for p in model.parameters()),
             "sec_per_epoch": round(t["train"], 4) if "train" in t else "",  # empty: --epochs-to-time 0
             "valid_eval_sec": round(t["valid"], 4),
@@ -149,12 +160,27 @@ def run(args: argparse.Namespace) -> list[dict]:
         })
         if args.compare_generic:
             rows[-1].update(generic_test_eval_sec=round(t["generic"], 4), eval_speedup=round(t["generic"] / t["test"], 2),
-                            rank_agreement=min(times[name]["rank_agreement"]))
+                            rank_agreement=min(times[name, precision]["rank_agreement"]))
     return rows
 
 
 def columns(args: argparse.Namespace) -> list[str]:
-    return COLUMNS + (["generic_test_eval_sec", "eval_speedup", "rank_agreement"] if args.compare_generic else [])
+    return (COLUMNS + (["precision"] if len(args.precisions) > 1 else [])
+            + (["generic_test_eval_sec", "eval_speedup", "rank_agreement"] if args.compare_generic else []))
+
+
+def precision_speedups(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """Markdown lines: each backbone's fp32 seconds per epoch over those of every other precision."""
+    if len(args.precisions) < 2 or not args.epochs_to_time or "fp32" not in args.precisions:
+        return []
+    by = {(r["backbone"], r["precision"]): r["sec_per_epoch"] for r in rows}
+    others = [p for p in args.precisions if p != "fp32"]
+    lines = ["", "Training speed-up over fp32 (fp32 seconds per epoch / these):", "",
+             "| backbone | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for name in args.backbones:
+        lines.append(f"| {name} | " + " | ".join(f"{by[name, 'fp32'] / max(by[name, p], 1e-9):.2f}x" for p in others)
+                     + " |")
+    return lines
 
 
 def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
@@ -162,7 +188,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
         f"# Backbone speed on `{args.data}`",
         "",
         f"Medians over {args.repeat} interleaved repeat(s); "
-        + (f"training: cross-entropy over all items, batch {args.batch_size}, hidden {args.hidden}, max length "
+        + (f"training: cross-entropy over all items (matrix products in {' and '.join(args.precisions)}), batch "
+           f"{args.batch_size}, hidden {args.hidden}, max length "
            f"{args.max_len}, {args.epochs_to_time} epoch(s) timed per repeat; " if args.epochs_to_time else
            f"training not timed (untrained models, hidden {args.hidden}, max length {args.max_len}); ")
         + f"evaluation: full ranking of all items for every user, history masked, eval batch "
@@ -172,6 +199,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
         "|" + "|".join("---" for _ in columns(args)) + "|",
     ]
     lines += ["| " + " | ".join(str(r[c]) for c in columns(args)) + " |" for r in rows]
+    lines += precision_speedups(rows, args)
     if args.compare_generic:
         lines += ["", "generic_test_eval_sec: the reference path (full forward's last position, inputs sorted by "
                   "length in padded batches); eval_speedup = generic / test_eval_sec; rank_agreement: share of "
@@ -185,7 +213,7 @@ def main(argv=None) -> list[dict]:
     rows = run(args)
     env = environment(resolve_device(args.device))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns(args))
+    writer = csv.DictWriter(buf, fieldnames=columns(args), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     out = Path(args.out)

@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for both libraries (0: default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="p2rec's train.precision (dtype of the cross-entropy's matrix products; RecBole: fp32)")
     p.add_argument("--mask-history", action="store_true",
                    help="mask seen items in p2rec's ranking (RecBole never does; off = matched)")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
@@ -85,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_epochs < 1 or args.patience < 1:
         p.error("--max-epochs and --patience must be >= 1")
+    if args.precision != "fp32" and args.loss != "ce":  # checked before RecBole's long run, not after it
+        p.error(f"--precision {args.precision} applies to --loss ce only")
     return args
 
 
@@ -206,7 +210,8 @@ def run_p2rec(args, model: str) -> dict:
         "backbones": [model], "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"],
         "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
                   "epochs": args.max_epochs, "patience": args.patience, "loss": LOSSES[args.loss][1],
-                  "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads},
+                  "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads,
+                  "precision": args.precision},
         "eval": {"ks": [10], "mask_history": bool(args.mask_history), "select_metric": "ndcg@10"},
     })
     settings = train_settings(config, "bench", model)
@@ -251,6 +256,9 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
         f"early stopping on validation NDCG@10 with patience {args.patience} (at most {args.max_epochs} epochs), "
         f"test once with the best weights, seed {args.seed}, one process after the other on the same machine. "
         f"Seen items are {'masked in p2rec only' if args.mask_history else 'not masked (RecBole never masks them)'}. "
+        + (f"p2rec's cross-entropy runs its matrix products in {args.precision} (RecBole in fp32). "
+           if args.precision != "fp32" else "")
+        + 
         f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
         f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec every position of "
         f"a user's sequence in one causal pass (training_samples).",

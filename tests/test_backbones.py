@@ -315,6 +315,15 @@ def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
                        "--epochs-to-time", "0", "--out", str(out)])
     assert all(r["sec_per_epoch"] == "" and r["test_eval_sec"] > 0 for r in rows)
     assert "training not timed" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
+    # two precisions: one row per backbone and precision, and the bf16 speed-up per backbone
+    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
+                       "--batch-size", "8", "--backbones", "sasrec", "gru4rec", "--precisions", "fp32", "bf16",
+                       "--out", str(out)])
+    assert [(r["backbone"], r["precision"]) for r in rows] == [("sasrec", "fp32"), ("sasrec", "bf16"),
+                                                               ("gru4rec", "fp32"), ("gru4rec", "bf16")]
+    assert "precision" in (tmp_path / "bench" / "tiny.csv").read_text(encoding="utf-8").splitlines()[0]
+    md = (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
+    assert "Training speed-up over fp32" in md and md.count("x |") == 2
 
 
 def test_bench_eval_batch_times_each_batch_size_with_identical_ranks(tiny_data, tmp_path):
@@ -351,6 +360,8 @@ def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
     assert config["loss_type"] == "BPR" and config["train_neg_sample_args"] == {"distribution": "uniform", "sample_num": 1}
     assert config["MAX_ITEM_LIST_LENGTH"] == bench.CASER_WINDOW and config["embedding_size"] == 64
     assert bench.LOSSES["one-negative"][1] == "bce"
+    with pytest.raises(SystemExit):  # bf16 is a cross-entropy option: refused before RecBole runs
+        bench.parse_args(["--data", str(tiny_data), "--loss", "one-negative", "--precision", "bf16"])
 
 
 def test_recbole_best_epoch_follows_its_early_stopping_rule():
@@ -377,6 +388,58 @@ def test_chunked_cross_entropy_matches_plain_cross_entropy(chunk):
     # the device-dependent default: small chunks on a CPU, chunks of about 2^24 logits on a GPU
     assert ce_chunk_rows(3417, "cpu") == 64 and ce_chunk_rows(3417, "cuda") == (1 << 24) // 3417
     assert ce_chunk_rows(10 ** 9, "cuda") == 64
+
+
+def test_bf16_cross_entropy_stays_close_to_full_precision():
+    from p2rec.losses import chunked_softmax_ce
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(300, 32, generator=gen, requires_grad=True)
+    table = (0.3 * torch.randn(500, 32, generator=gen)).requires_grad_()
+    targets = torch.randint(1, 500, (300,), generator=gen)
+    values, grads = {}, {}
+    for precision in ("fp32", "bf16"):
+        values[precision] = chunked_softmax_ce(hidden, table, targets, 64, precision=precision)
+        grads[precision] = torch.autograd.grad(values[precision], (hidden, table))
+        assert all(g.dtype == torch.float32 for g in grads[precision])  # accumulated at full precision
+    assert abs(values["bf16"].item() - values["fp32"].item()) < 1e-2 * values["fp32"].item()
+    for full, half in zip(grads["fp32"], grads["bf16"]):
+        error = ((full - half).norm() / full.norm()).item()
+        assert 1e-6 < error < 0.02, error  # rounded (so bf16 really ran), yet close
+    with pytest.raises(ValueError, match="precision"):
+        chunked_softmax_ce(hidden, table, targets, 64, precision="fp16")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overfits_a_tiny_dataset_in_bf16(name):
+    seqs = _chains()
+    model = _model(name, num_items=48).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    first = None
+    for step in range(1, 301):
+        optimizer.zero_grad()
+        loss = loss_on_batch(model, seqs, "ce", 0, CPU, precision="bf16")
+        loss.backward()
+        optimizer.step()
+        first = loss.item() if first is None else first
+        if step % 25 == 0 and _hr1_on_training_positions(model, seqs) == 1.0:
+            break
+    assert loss.item() < 0.5 * first and _hr1_on_training_positions(model, seqs) == 1.0, name
+
+
+def test_precision_is_checked_against_the_loss_and_the_schema(tmp_path):
+    from p2rec.runner import run_training
+
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"{u} 1 2 3 4 5\n" for u in range(1, 6)), encoding="utf-8")
+    config = _config("sasrec", train={"epochs": 1, "hidden": 8, "max_len": 6, "device": "cpu", "loss": "bce",
+                                      "precision": "bf16"})
+    settings = json.loads(json.dumps(train_settings(config, "tiny", "sasrec")))
+    with pytest.raises(P2RecError, match="train.precision.*loss 'ce' only"):
+        run_training(data, settings, seed=1, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    with pytest.raises(P2RecError, match="train.precision"):
+        _config("sasrec", train={"precision": "fp16"})
 
 
 def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, monkeypatch):

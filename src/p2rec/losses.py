@@ -3,6 +3,9 @@
 ``chunked_softmax_ce`` is the full-softmax cross-entropy computed in row chunks with the gradient
 written by hand: it never materialises the [positions x items] logit matrix for autograd, which on a
 2-core CPU halves the cost of an epoch (the logits are recomputed chunk by chunk in the backward pass).
+With ``precision="bf16"`` (``train.precision``) its four matrix products run in bfloat16 while the
+logits, log-sum-exp, softmax and accumulated gradients keep the inputs' float32: about 2x faster on a
+CPU with AVX512-BF16, at the rounding of bfloat16 inputs (relative gradient error ~0.4%).
 """
 from __future__ import annotations
 
@@ -14,43 +17,58 @@ from torch import nn
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, table, targets, chunk):
-        n = hidden.shape[0]
-        lse = torch.empty(n, dtype=hidden.dtype, device=hidden.device)
+    def forward(ctx, hidden, table, targets, chunk, compute_dtype):
+        n, dtype = hidden.shape[0], hidden.dtype
+        # .to() returns its input when the dtype already matches: at full precision nothing is copied
+        h_c, t_c = hidden.to(compute_dtype or dtype), table.to(compute_dtype or dtype)
+        lse = torch.empty(n, dtype=dtype, device=hidden.device)
         for s in range(0, n, chunk):
-            logits = hidden[s:s + chunk] @ table.T
+            logits = (h_c[s:s + chunk] @ t_c.T).to(dtype)
             logits[:, 0] = -math.inf  # padding id is never a class
             lse[s:s + chunk] = torch.logsumexp(logits, 1)
         target_logit = (hidden * table[targets]).sum(1)
-        ctx.save_for_backward(hidden, table, targets, lse)
-        ctx.chunk = chunk
+        ctx.save_for_backward(h_c, t_c, targets, lse)
+        ctx.chunk, ctx.dtype = chunk, dtype
         return (lse - target_logit).mean()
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, table, targets, lse = ctx.saved_tensors
-        n = hidden.shape[0]
-        grad_hidden = torch.empty_like(hidden)
-        grad_table = torch.zeros_like(table)
+        h_c, t_c, targets, lse = ctx.saved_tensors
+        n = h_c.shape[0]
+        grad_hidden = torch.empty(h_c.shape, dtype=ctx.dtype, device=h_c.device)
+        grad_table = torch.zeros(t_c.shape, dtype=ctx.dtype, device=t_c.device)
         scale = grad_out / n
         for s in range(0, n, ctx.chunk):
-            h = hidden[s:s + ctx.chunk]
-            logits = h @ table.T
+            h = h_c[s:s + ctx.chunk]
+            logits = (h @ t_c.T).to(ctx.dtype)
             logits[:, 0] = -math.inf
             prob = torch.exp_(logits.sub_(lse[s:s + ctx.chunk, None]))  # softmax, in place
             prob[torch.arange(len(h), device=h.device), targets[s:s + ctx.chunk]] -= 1
             prob.mul_(scale)
-            grad_hidden[s:s + ctx.chunk] = prob @ table
-            grad_table.addmm_(prob.T, h)
-        return grad_hidden, grad_table, None, None
+            if h.dtype == ctx.dtype:
+                grad_hidden[s:s + ctx.chunk] = prob @ t_c
+                grad_table.addmm_(prob.T, h)
+            else:  # products in the compute dtype, accumulated at full precision
+                prob_c = prob.to(h.dtype)
+                grad_hidden[s:s + ctx.chunk] = prob_c @ t_c
+                grad_table += prob_c.T @ h
+        return grad_hidden, grad_table, None, None, None
 
 
-def chunked_softmax_ce(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+# dtype of the matrix products; None: the inputs' own (float32 in training)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def chunked_softmax_ce(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,
+                       precision: str = "fp32") -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ table.T`` against ``targets`` (column 0 = padding, excluded).
-    ``chunk``: rows per chunk (default: ``ce_chunk_rows`` for the table's device and size)."""
+    ``chunk``: rows per chunk (default: ``ce_chunk_rows`` for the table's device and size); ``precision``:
+    dtype of the matrix products, ``fp32`` or ``bf16`` (``train.precision``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if chunk is None:
         chunk = ce_chunk_rows(table.shape[0], table.device)
-    return _ChunkedSoftmaxCE.apply(hidden, table, targets, chunk)
+    return _ChunkedSoftmaxCE.apply(hidden, table, targets, chunk, PRECISIONS[precision])
 
 
 def ce_chunk_rows(num_classes: int, device: torch.device | str) -> int:

@@ -66,7 +66,7 @@ def make_batches(pairs: list[np.ndarray], batch_size: int, rng: np.random.Genera
 
 
 def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,
-                  device: torch.device) -> torch.Tensor:
+                  device: torch.device, precision: str = "fp32") -> torch.Tensor:
     seqs = pad_left(batch, model.max_len + 1).to(device)
     inputs, targets = seqs[:, :-1], seqs[:, 1:]
     hidden = model(inputs)
@@ -75,7 +75,7 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
     y = targets[valid]
     table = model.item_table()
     if loss == "ce":
-        return chunked_softmax_ce(h, table, y)
+        return chunked_softmax_ce(h, table, y, precision=precision)
     if loss in ("bce", "bpr"):
         neg = torch.randint(1, model.num_items + 1, y.shape, device=device)
         neg = torch.where(neg == y, neg % model.num_items + 1, neg)
@@ -96,13 +96,13 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
 
 
 def train_epoch(model: SequentialBackbone, optimizer, pairs: list[np.ndarray], batches, loss: str,
-                n_negatives: int, device: torch.device, epoch: int = 0) -> tuple[float, int]:
+                n_negatives: int, device: torch.device, epoch: int = 0, precision: str = "fp32") -> tuple[float, int]:
     """One pass over ``batches`` (index arrays into ``pairs``); returns (summed loss x batch size, sequences)."""
     total, count = 0.0, 0
     for idx in batches:
         batch = [pairs[i] for i in idx]
         optimizer.zero_grad(set_to_none=True)
-        value = loss_on_batch(model, batch, loss, n_negatives, device)
+        value = loss_on_batch(model, batch, loss, n_negatives, device, precision)
         if not torch.isfinite(value):
             raise P2RecError(f"training loss became {value.item()} at epoch {epoch}; lower train.lr")
         value.backward()
@@ -154,6 +154,11 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
     """Train with early stopping on validation ``eval.select_metric``; test once with the best weights."""
     tr, ev = settings["train"], settings["eval"]
     device = resolve_device(tr["device"])
+    # optional key: runs configured before it existed keep their settings, fingerprints and Snakemake params
+    precision = tr.get("precision", "fp32")
+    if precision != "fp32" and tr["loss"] != "ce":
+        raise P2RecError(f"config key 'train.precision': '{precision}' applies to loss 'ce' only, "
+                         f"not '{tr['loss']}'")
     if tr.get("threads"):
         torch.set_num_threads(tr["threads"])
     model.to(device)
@@ -201,7 +206,7 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         batches = make_batches(pairs, tr["batch_size"], np.random.default_rng([seed, epoch]), tr["bucket"])
         t0 = time.perf_counter()
         total, count = train_epoch(model, optimizer, pairs, batches, tr["loss"], tr["n_negatives"], device,
-                                   epoch=epoch + 1)
+                                   epoch=epoch + 1, precision=precision)
         _sync(device)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
