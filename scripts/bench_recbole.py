@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("recbole_worker.py")
 PINS = ["recbole==1.2.1", "torch==2.13.0", "numpy<2", "pandas<3", "setuptools<81"]
 COLUMNS = ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10", "ndcg@10",
-           "training_samples", "test_eval_sec"]
+           "training_samples", "test_eval_sec", "precision"]
 # RecBole model name and its model-specific settings; unspecified ones keep RecBole's defaults
 RECBOLE_MODELS = {
     "sasrec": ("SASRec", {"n_layers": 2, "n_heads": 1, "inner_size": 256, "hidden_dropout_prob": 0.5,
@@ -76,8 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for both libraries (0: default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="p2rec's train.precision (dtype of the cross-entropy's matrix products; RecBole: fp32)")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="p2rec's train.precision values, one p2rec run each (dtype of the cross-entropy's matrix "
+                        "products; RecBole always fp32)")
     p.add_argument("--mask-history", action="store_true",
                    help="mask seen items in p2rec's ranking (RecBole never does; off = matched)")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
@@ -87,8 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_epochs < 1 or args.patience < 1:
         p.error("--max-epochs and --patience must be >= 1")
-    if args.precision != "fp32" and args.loss != "ce":  # checked before RecBole's long run, not after it
-        p.error(f"--precision {args.precision} applies to --loss ce only")
+    if set(args.precisions) != {"fp32"} and args.loss != "ce":  # checked before RecBole's long run, not after it
+        p.error("--precisions other than fp32 apply to --loss ce only")
     return args
 
 
@@ -204,14 +205,14 @@ def run_recbole(py: Path, args, work: Path, name: str, model: str, expected: Pat
 
 # ------------------------------------------------------------------ p2rec
 
-def run_p2rec(args, model: str) -> dict:
+def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
     config = validate_config({
         "catalog": {"bench": {"source": "sequences", "file": str(args.data)}}, "datasets": ["bench"],
         "backbones": [model], "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"],
         "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
                   "epochs": args.max_epochs, "patience": args.patience, "loss": LOSSES[args.loss][1],
                   "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads,
-                  "precision": args.precision},
+                  "precision": precision},
         "eval": {"ks": [10], "mask_history": bool(args.mask_history), "select_metric": "ndcg@10"},
     })
     settings = train_settings(config, "bench", model)
@@ -219,7 +220,7 @@ def run_p2rec(args, model: str) -> dict:
     split = leave_one_out(data)
     seed_everything(args.seed)
     backbone = build_backbone(model, data.num_items, args.hidden, args.max_len, **settings["model"])
-    print(f"p2rec {model}: training", file=sys.stderr, flush=True)
+    print(f"p2rec {model} ({precision}): training", file=sys.stderr, flush=True)
     res = train_backbone(backbone, split, settings, args.seed, progress=False)
     return {"sec_per_epoch": res.timing["seconds_per_epoch"], "eval_sec": res.timing["eval_seconds_per_pass"],
             "test_eval_sec": res.timing["test_eval_seconds"], "epochs": res.epochs, "best_epoch": res.best_epoch,
@@ -228,13 +229,13 @@ def run_p2rec(args, model: str) -> dict:
 
 # ------------------------------------------------------------------ report
 
-def _row(library: str, model: str, r: dict) -> dict:
+def _row(library: str, model: str, r: dict, precision: str = "fp32") -> dict:
     test = r["test"]
     return {"library": library, "model": model, "sec_per_epoch": round(r["sec_per_epoch"], 3),
             "eval_sec": round(r["eval_sec"], 3), "epochs": r["epochs"], "best_epoch": r["best_epoch"],
             "hr@10": round(test.get("hr@10", test.get("hit@10", float("nan"))), 4),
             "ndcg@10": round(test["ndcg@10"], 4), "training_samples": r["training_samples"],
-            "test_eval_sec": round(r["test_eval_sec"], 3)}
+            "test_eval_sec": round(r["test_eval_sec"], 3), "precision": precision}
 
 
 def _loss_text(loss: str) -> str:
@@ -244,7 +245,7 @@ def _loss_text(loss: str) -> str:
 
 
 def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_settings: dict) -> str:
-    by = {(r["library"], r["model"]): r for r in rows}
+    by = {(r["library"], r["model"], r["precision"]): r for r in rows}
     lines = [
         f"# p2rec vs RecBole 1.2.1 on `{args.data}`",
         "",
@@ -256,8 +257,8 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
         f"early stopping on validation NDCG@10 with patience {args.patience} (at most {args.max_epochs} epochs), "
         f"test once with the best weights, seed {args.seed}, one process after the other on the same machine. "
         f"Seen items are {'masked in p2rec only' if args.mask_history else 'not masked (RecBole never masks them)'}. "
-        + (f"p2rec's cross-entropy runs its matrix products in {args.precision} (RecBole in fp32). "
-           if args.precision != "fp32" else "")
+        + (f"precision: the dtype of p2rec's cross-entropy matrix products (train.precision; RecBole: fp32). "
+           if args.precisions != ["fp32"] else "")
         + 
         f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
         f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec every position of "
@@ -268,12 +269,14 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
     ]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     lines += ["", "Ratios (RecBole / p2rec; NDCG@10 as p2rec - RecBole):", "",
-              "| model | epoch speed-up | evaluation speed-up | NDCG@10 difference |", "|---|---|---|---|"]
+              "| model | p2rec precision | epoch speed-up | evaluation speed-up | NDCG@10 difference |",
+              "|---|---|---|---|---|"]
     for model in args.models:
-        p, r = by.get(("p2rec", model)), by.get(("recbole", model))
-        if p and r:
-            lines.append(f"| {model} | {r['sec_per_epoch'] / max(p['sec_per_epoch'], 1e-9):.1f}x | "
-                         f"{r['eval_sec'] / max(p['eval_sec'], 1e-9):.1f}x | {p['ndcg@10'] - r['ndcg@10']:+.4f} |")
+        for precision in args.precisions:
+            p, r = by.get(("p2rec", model, precision)), by.get(("recbole", model, "fp32"))
+            if p and r:
+                lines.append(f"| {model} | {precision} | {r['sec_per_epoch'] / max(p['sec_per_epoch'], 1e-9):.1f}x | "
+                             f"{r['eval_sec'] / max(p['eval_sec'], 1e-9):.1f}x | {p['ndcg@10'] - r['ndcg@10']:+.4f} |")
     recbole_settings = (f"{RECBOLE_MODELS[m][0]} {json.dumps(RECBOLE_MODELS[m][1], sort_keys=True)}" for m in args.models)
     lines += ["", "RecBole model settings (others at RecBole's defaults): " + "; ".join(recbole_settings),
               "p2rec model settings (module defaults): " +
@@ -308,14 +311,19 @@ def main(argv=None) -> list[dict]:
     _, expected = write_atomic_files(args.data, work, name)
     rows, recbole_env, p2rec_settings = [], {}, {}
     for model in args.models:
+        # ours first (minutes), RecBole after (hours for SASRec); the outputs are rewritten after every run,
+        # so a comparison stopped part-way keeps what it has finished
+        for precision in args.precisions:
+            ours = run_p2rec(args, model, precision)
+            p2rec_settings[model] = ours["settings"]["model"]
+            rows.append(_row("p2rec", model, ours, precision))
+            md = write_outputs(rows, args, recbole_env, p2rec_settings)
         rb = run_recbole(py, args, work, name, model, expected)
         recbole_env = {"torch": rb["torch"], "torch_threads": rb["torch_threads"]}
-        ours = run_p2rec(args, model)
-        p2rec_settings[model] = ours["settings"]["model"]
-        rows += [_row("p2rec", model, ours), _row("recbole", model, rb)]
-        print(f"{model}: p2rec {ours['sec_per_epoch']:.2f}s/epoch vs RecBole {rb['sec_per_epoch']:.2f}s/epoch",
-              file=sys.stderr, flush=True)
-        # rewritten after every model, so a long comparison keeps what it has finished if it is stopped
+        rows.append(_row("recbole", model, rb))
+        print(f"{model}: RecBole {rb['sec_per_epoch']:.2f}s/epoch; p2rec " +
+              ", ".join(f"{r['sec_per_epoch']:.2f}s/epoch ({r['precision']})" for r in rows
+                        if r["library"] == "p2rec" and r["model"] == model), file=sys.stderr, flush=True)
         md = write_outputs(rows, args, recbole_env, p2rec_settings)
     print(md)
     print(f"done in {time.perf_counter() - started:.0f}s", file=sys.stderr)

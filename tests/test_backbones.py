@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,7 +362,37 @@ def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
     assert config["MAX_ITEM_LIST_LENGTH"] == bench.CASER_WINDOW and config["embedding_size"] == 64
     assert bench.LOSSES["one-negative"][1] == "bce"
     with pytest.raises(SystemExit):  # bf16 is a cross-entropy option: refused before RecBole runs
-        bench.parse_args(["--data", str(tiny_data), "--loss", "one-negative", "--precision", "bf16"])
+        bench.parse_args(["--data", str(tiny_data), "--loss", "one-negative", "--precisions", "fp32", "bf16"])
+
+
+def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_fails(tiny_data, tmp_path, monkeypatch):
+    bench = _script("bench_recbole")
+    monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: Path("unused"))
+    calls = []
+
+    def failing_recbole(py, args, work, name, model, expected):
+        calls.append(("recbole", model))
+        raise P2RecError("RecBole stopped")
+
+    monkeypatch.setattr(bench, "run_recbole", failing_recbole)
+    argv = ["--data", str(tiny_data), "--models", "gru4rec", "--precisions", "fp32", "bf16", "--max-epochs", "1",
+            "--max-len", "6", "--hidden", "8", "--batch-size", "8", "--threads", "1",
+            "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(P2RecError, match="RecBole stopped"):
+        bench.main(argv)
+    assert calls == [("recbole", "gru4rec")]  # after both of ours
+    rows = (tmp_path / "out" / "recbole.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].split(",")[:7] == ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10"]
+    assert [(r.split(",")[0], r.split(",")[-1]) for r in rows[1:]] == [("p2rec", "fp32"), ("p2rec", "bf16")]
+
+    def fake_recbole(py, args, work, name, model, expected):
+        return {"sec_per_epoch": 10.0, "eval_sec": 1.0, "test_eval_sec": 1.0, "epochs": 3, "best_epoch": 2,
+                "test": {"hit@10": 0.1, "ndcg@10": 0.05}, "training_samples": 40, "torch": "x", "torch_threads": 1}
+
+    monkeypatch.setattr(bench, "run_recbole", fake_recbole)
+    bench.main(argv)
+    md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
+    assert "| gru4rec | fp32 |" in md and "| gru4rec | bf16 |" in md and "| recbole | gru4rec |" in md
 
 
 def test_recbole_best_epoch_follows_its_early_stopping_rule():
