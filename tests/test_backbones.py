@@ -498,3 +498,29 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
     assert rows.loc["gpu", "machines"] == "NVIDIA H100 80GB HBM3 x1, NVIDIA H200 x1"
     assert rows.loc["cpu", "seeds"] == 1 and rows.loc["cpu", "hr@10"] == pytest.approx(0.5)
     assert rows.loc["gpu", "ratio_hr@10"] == pytest.approx(1.0)
+
+
+def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
+    from p2rec.io import write_ranks
+
+    compare = _script("compare_runs")
+    rng = np.random.default_rng(0)
+    users = np.arange(1, 201)
+    for name, shift in (("a", 0), ("b", 3)):  # b ranks every target 3 places lower: clearly worse
+        for seed in (1, 2):
+            run = tmp_path / name / f"seed{seed}"
+            run.mkdir(parents=True)
+            ranks = rng.integers(0, 8, len(users)) + shift
+            write_ranks(run / "ranks.csv.gz", users, ranks)
+            ndcg = float(np.mean(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0)))
+            (run / "metrics.json").write_text(json.dumps({"status": "ok", "best_epoch": seed,
+                                                          "test": {"ndcg@10": ndcg}}), encoding="utf-8")
+    rows = compare.main(["--treatment", str(tmp_path / "a"), "--comparator", str(tmp_path / "b"), "--seeds", "1", "2",
+                         "--metrics", "ndcg@10", "--out", str(tmp_path / "out" / "cmp")])
+    (row,) = rows
+    assert row["n_users"] == 200 and row["n_seeds"] == 2 and float(row["p_users"]) < 1e-6
+    assert row["treatment"] > row["comparator"] and row["effect"].startswith("+")
+    assert "| ndcg@10 |" in (tmp_path / "out" / "cmp.md").read_text(encoding="utf-8")
+    with pytest.raises(P2RecError, match=r"seed3.*metrics.json: missing"):
+        compare.main(["--treatment", str(tmp_path / "a"), "--comparator", str(tmp_path / "b"), "--seeds", "3",
+                      "--out", str(tmp_path / "out" / "cmp")])
