@@ -18,12 +18,9 @@ writes ``<out>.csv`` and ``<out>.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +29,7 @@ from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking
-from p2rec.io import write_text
+from p2rec.io import markdown_rows, write_table_files
 from p2rec.losses import PRECISIONS
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
@@ -195,10 +192,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
         + f"evaluation: full ranking of all items for every user, history masked, eval batch "
         f"{args.eval_batch_size}. Throughput = users / test-pass seconds.",
         "",
-        "| " + " | ".join(columns(args)) + " |",
-        "|" + "|".join("---" for _ in columns(args)) + "|",
+        *markdown_rows(rows, columns(args)),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns(args)) + " |" for r in rows]
     lines += precision_speedups(rows, args)
     if args.compare_generic:
         lines += ["", "generic_test_eval_sec: the reference path (full forward's last position, inputs sorted by "
@@ -212,14 +207,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     rows = run(args)
     env = environment(resolve_device(args.device))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns(args), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    out = Path(args.out)
-    write_text(out.with_name(out.name + ".csv"), buf.getvalue())
     md = to_markdown(rows, args, env)
-    write_text(out.with_name(out.name + ".md"), md)
+    write_table_files(args.out, rows, columns(args), md)
     print(md)
     return rows
 

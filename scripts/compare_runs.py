@@ -15,8 +15,6 @@ writes ``<out>.csv`` and ``<out>.md`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from p2rec import P2RecError
-from p2rec.io import write_text
+from p2rec.io import markdown_rows, write_table_files
 from p2rec.stats import compare_seeds, compare_users, user_means_over_seeds
 
 COLUMNS = ["metric", "treatment", "comparator", "effect", "ci_low", "ci_high", "p_users", "n_users",
@@ -77,21 +75,14 @@ def compare(args: argparse.Namespace) -> list[dict]:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     rows = compare(args)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    out = Path(args.out)
-    write_text(out.with_name(out.name + ".csv"), buf.getvalue())
     md = "\n".join([
         f"# `{args.treatment}` (treatment) against `{args.comparator}` (comparator)", "",
         f"Test scores; seeds {', '.join(map(str, args.seeds))}. Per user: the metric averaged over seeds; p_users: "
         f"two-sided paired t-test over users; effect: relative difference of the means with its bootstrap 95% "
         f"interval (2,000 resamples, seed 0); p_seeds: paired t-test over the per-seed scores.", "",
-        "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|",
-        *("| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows), "",
+        *markdown_rows(rows, COLUMNS), "",
         "Command: `python scripts/compare_runs.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", ""])
-    write_text(out.with_name(out.name + ".md"), md)
+    write_table_files(args.out, rows, COLUMNS, md)
     print(md)
     return rows
 

@@ -90,6 +90,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def markdown_rows(rows: list[dict], columns: list[str]) -> list[str]:
+    """A markdown table (header, rule, one line per row) of ``columns`` of dict rows."""
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|",
+            *("| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows)]
+
+
+def write_table_files(prefix: str | os.PathLike, rows: list[dict], columns: list[str], markdown: str) -> None:
+    """``<prefix>.csv`` (``columns`` of dict rows; other keys left out) and ``<prefix>.md`` (``markdown``)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    prefix = Path(prefix)
+    write_text(prefix.with_name(prefix.name + ".csv"), buf.getvalue())
+    write_text(prefix.with_name(prefix.name + ".md"), markdown)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
