@@ -24,8 +24,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import subprocess
@@ -39,7 +37,7 @@ from p2rec import P2RecError
 from p2rec.config import train_settings, validate_config
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
-from p2rec.io import write_json, write_text
+from p2rec.io import markdown_rows, write_json, write_table_files, write_text
 from p2rec.models.registry import build_backbone
 from p2rec.training import environment, resolve_device, seed_everything, train_backbone
 
@@ -259,15 +257,12 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
         f"Seen items are {'masked in p2rec only' if args.mask_history else 'not masked (RecBole never masks them)'}. "
         + (f"precision: the dtype of p2rec's cross-entropy matrix products (train.precision; RecBole: fp32). "
            if args.precisions != ["fp32"] else "")
-        + 
-        f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
+        + f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
         f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec every position of "
         f"a user's sequence in one causal pass (training_samples).",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        *markdown_rows(rows, COLUMNS),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     lines += ["", "Ratios (RecBole / p2rec; NDCG@10 as p2rec - RecBole):", "",
               "| model | p2rec precision | epoch speed-up | evaluation speed-up | NDCG@10 difference |",
               "|---|---|---|---|---|"]
@@ -288,14 +283,8 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
 
 
 def write_outputs(rows: list[dict], args, recbole_env: dict, p2rec_settings: dict) -> str:
-    out = Path(args.out_dir)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "recbole.csv", buf.getvalue())
     md = to_markdown(rows, args, environment(resolve_device(args.device)), recbole_env, p2rec_settings)
-    write_text(out / "recbole.md", md)
+    write_table_files(Path(args.out_dir) / "recbole", rows, COLUMNS, md)
     return md
 
 
