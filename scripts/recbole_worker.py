@@ -6,6 +6,11 @@ one JSON file with the timings, epochs, test metrics and a check that RecBole's 
 exactly the validation/test targets and inputs that p2rec uses.
 
     python recbole_worker.py --config run.json --out result.json
+    python recbole_worker.py --config run.json --out result.json --checkpoint saved/SASRec-....pth
+
+With ``--checkpoint`` it trains nothing: it loads a model RecBole saved (its best epoch) and only tests it.
+Either way the result also holds the test metrics with the user's seen items masked as p2rec masks them
+(``test_masked``): RecBole's full-sort evaluation of sequential models never masks them.
 """
 from __future__ import annotations
 
@@ -56,10 +61,50 @@ def _split_check(eval_data, stage: str, expected: dict, max_len: int) -> dict:
             "input_mismatch": bad_input}
 
 
+def masked_ranks(scores, targets, histories):
+    """0-based rank of each target among all items after masking padding (id 0) and the row's history
+    items (never the target itself); ties count in the target's favour, as in p2rec.
+    ``scores``: [B, n_items] tensor; ``targets``: B item ids; ``histories``: B lists of item ids."""
+    import torch
+
+    scores = scores.clone()
+    rows = torch.arange(len(targets))
+    targets = torch.as_tensor(targets)
+    target_scores = scores[rows, targets].clone()
+    scores[:, 0] = -float("inf")
+    for row, hist in enumerate(histories):
+        scores[row, torch.as_tensor(list(hist), dtype=torch.long)] = -float("inf")
+    scores[rows, targets] = target_scores
+    return (scores > target_scores[:, None]).sum(1)
+
+
+def masked_test_metrics(model, test_data, expected: dict, k: int = 10) -> dict:
+    """HR@k and NDCG@k of RecBole's model with each user's whole test input masked (p2rec's protocol)."""
+    import math
+
+    import torch
+
+    ds = test_data._dataset
+    uid_field, iid_field = ds.uid_field, ds.iid_field
+    model.eval()
+    ranks = []
+    with torch.no_grad():
+        for batch in test_data:
+            interaction = batch[0].to(model.device)
+            scores = model.full_sort_predict(interaction).view(len(interaction), -1).cpu()
+            users = ds.id2token(uid_field, interaction[uid_field].cpu().numpy())
+            histories = [ds.token2id(iid_field, [str(i) for i in expected[str(u)]["test_input"]]) for u in users]
+            ranks += masked_ranks(scores, interaction[iid_field].cpu(), histories).tolist()
+    hr = sum(r < k for r in ranks) / len(ranks)
+    ndcg = sum(1 / math.log2(r + 2) for r in ranks if r < k) / len(ranks)
+    return {f"hit@{k}": hr, f"ndcg@{k}": ndcg, "users": len(ranks)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, help="JSON: model, dataset, config_dict, expected (split file)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--checkpoint", help="test this saved model (RecBole's .pth) instead of training one")
     args = parser.parse_args()
     with open(args.config, encoding="utf-8") as fh:
         job = json.load(fh)
@@ -85,13 +130,33 @@ def main() -> None:
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     torch.autograd.set_detect_anomaly(False)
 
-    check = {}
+    check, expected = {}, None
     if job.get("expected"):
         with open(job["expected"], encoding="utf-8") as fh:
             expected = json.load(fh)
         max_len = config["MAX_ITEM_LIST_LENGTH"]
         check = {"valid": _split_check(valid_data, "valid", expected, max_len),
                  "test": _split_check(test_data, "test", expected, max_len)}
+
+    if args.checkpoint:  # test a model RecBole saved: no training, so no training figures
+        state = torch.load(args.checkpoint, map_location=config["device"], weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        start = time.perf_counter()
+        test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        result = {"model": job["model"], "checkpoint": args.checkpoint, "test_eval_sec": time.perf_counter() - start,
+                  "test": {k: float(v) for k, v in test.items()}, "split_check": check, "torch": torch.__version__}
+    else:
+        result = fit_and_test(trainer, train_data, valid_data, test_data, job)
+        result["split_check"] = check
+    if expected is not None:  # after RecBole's own test, which loaded the best weights into ``model``
+        result["test_masked"] = masked_test_metrics(model, test_data, expected)
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2)
+
+
+def fit_and_test(trainer, train_data, valid_data, test_data, job: dict) -> dict:
+    """RecBole's own training (early stopping on validation) and test of its best epoch, timed."""
+    import torch
 
     train_times: list[float] = []
     valid_times: list[float] = []
@@ -105,7 +170,7 @@ def main() -> None:
     start = time.perf_counter()
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     test_seconds = time.perf_counter() - start
-    result = {
+    return {
         "model": job["model"],
         "epochs": len(train_times),
         "best_epoch": _best_epoch([score for score, _ in valid_out]),
@@ -116,13 +181,10 @@ def main() -> None:
         "best_valid_ndcg@10": float(best_valid),
         "test": {k: float(v) for k, v in test.items()},
         "training_samples": int(len(train_data._dataset)),
-        "split_check": check,
         "torch_threads": torch.get_num_threads(),
         "anomaly_detection": anomaly_detection,
         "torch": torch.__version__,
     }
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
 
 
 def _best_epoch(scores: list[float]) -> int:

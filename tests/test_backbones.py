@@ -381,18 +381,34 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
     with pytest.raises(P2RecError, match="RecBole stopped"):
         bench.main(argv)
     assert calls == [("recbole", "gru4rec")]  # after both of ours
-    rows = (tmp_path / "out" / "recbole.csv").read_text(encoding="utf-8").splitlines()
-    assert rows[0].split(",")[:7] == ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10"]
-    assert [(r.split(",")[0], r.split(",")[-1]) for r in rows[1:]] == [("p2rec", "fp32"), ("p2rec", "bf16")]
+    import csv
+
+    with open(tmp_path / "out" / "recbole.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:7] == ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10"]
+    assert [(r["library"], r["precision"]) for r in rows] == [("p2rec", "fp32"), ("p2rec", "bf16")]
+    # ours is also tested with seen items masked; masking never lowers a score
+    assert all(float(r["ndcg@10_masked"]) >= float(r["ndcg@10"]) for r in rows)
 
     def fake_recbole(py, args, work, name, model, expected):
         return {"sec_per_epoch": 10.0, "eval_sec": 1.0, "test_eval_sec": 1.0, "epochs": 3, "best_epoch": 2,
-                "test": {"hit@10": 0.1, "ndcg@10": 0.05}, "training_samples": 40, "torch": "x", "torch_threads": 1}
+                "test": {"hit@10": 0.1, "ndcg@10": 0.05}, "test_masked": {"hit@10": 0.2, "ndcg@10": 0.07},
+                "training_samples": 40, "torch": "x", "torch_threads": 1}
 
     monkeypatch.setattr(bench, "run_recbole", fake_recbole)
     bench.main(argv)
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert "| gru4rec | fp32 |" in md and "| gru4rec | bf16 |" in md and "| recbole | gru4rec |" in md
+    assert "| fp32 | 0.2 | 0.07 |" in md  # RecBole's row with its masked test
+
+
+def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():
+    worker = _script("recbole_worker")
+    scores = torch.tensor([[9.0, 5.0, 4.0, 3.0, 2.0],    # padding 0 and history {1} above the target 3
+                           [0.0, 1.0, 7.0, 7.0, 6.0]])   # target 2 ties with item 3 (history) and beats 4
+    ranks = worker.masked_ranks(scores, [3, 2], [[1, 3], [3, 2]])  # a target inside its own history stays
+    assert ranks.tolist() == [1, 0]  # row 0: only item 2 (4.0) is above; row 1: nothing above
+    assert scores[0, 0] == 9.0  # the caller's scores are untouched
 
 
 def test_recbole_best_epoch_follows_its_early_stopping_rule():
