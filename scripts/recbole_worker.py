@@ -63,7 +63,7 @@ def _split_check(eval_data, stage: str, expected: dict, max_len: int) -> dict:
 
 def masked_ranks(scores, targets, histories):
     """0-based rank of each target among all items after masking padding (id 0) and the row's history
-    items (never the target itself); ties count in the target's favour, as in p2rec.
+    items (never the target itself); ties count against the target, as in p2rec (pessimistic rank).
     ``scores``: [B, n_items] tensor; ``targets``: B item ids; ``histories``: B lists of item ids."""
     import torch
 
@@ -75,7 +75,7 @@ def masked_ranks(scores, targets, histories):
     for row, hist in enumerate(histories):
         scores[row, torch.as_tensor(list(hist), dtype=torch.long)] = -float("inf")
     scores[rows, targets] = target_scores
-    return (scores > target_scores[:, None]).sum(1)
+    return (scores > target_scores[:, None]).sum(1) + (scores == target_scores[:, None]).sum(1) - 1
 
 
 def masked_test_metrics(model, test_data, expected: dict, k: int = 10) -> dict:

@@ -405,9 +405,10 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
 def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():
     worker = _script("recbole_worker")
     scores = torch.tensor([[9.0, 5.0, 4.0, 3.0, 2.0],    # padding 0 and history {1} above the target 3
-                           [0.0, 1.0, 7.0, 7.0, 6.0]])   # target 2 ties with item 3 (history) and beats 4
-    ranks = worker.masked_ranks(scores, [3, 2], [[1, 3], [3, 2]])  # a target inside its own history stays
-    assert ranks.tolist() == [1, 0]  # row 0: only item 2 (4.0) is above; row 1: nothing above
+                           [0.0, 1.0, 7.0, 7.0, 6.0],    # target 2 ties with item 3, which is history
+                           [0.0, 7.0, 7.0, 1.0, 1.0]])   # target 2 ties with item 1, which is not
+    ranks = worker.masked_ranks(scores, [3, 2, 2], [[1, 3], [3, 2], [4]])  # a target in its own history stays
+    assert ranks.tolist() == [1, 0, 1]  # row 0: item 2 above; row 1: nothing; row 2: the tie counts against it
     assert scores[0, 0] == 9.0  # the caller's scores are untouched
 
 
