@@ -230,7 +230,7 @@ def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
     return {"sec_per_epoch": res.timing["seconds_per_epoch"], "eval_sec": res.timing["eval_seconds_per_pass"],
             "test_eval_sec": res.timing["test_eval_seconds"], "epochs": res.epochs, "best_epoch": res.best_epoch,
             "test": res.test, "test_masked": masked, "training_samples": res.timing["training_sequences"],
-            "settings": settings}
+            "settings": settings, "backbone": backbone, "split": split}
 
 
 # ------------------------------------------------------------------ report

@@ -541,3 +541,28 @@ def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
     with pytest.raises(P2RecError, match=r"seed3.*metrics.json: missing"):
         compare.main(["--treatment", str(tmp_path / "a"), "--comparator", str(tmp_path / "b"), "--seeds", "3",
                       "--out", str(tmp_path / "out" / "cmp")])
+
+
+def test_seen_item_scores_counts_seen_items_above_the_target(tiny_data, tmp_path):
+    script = _script("seen_item_scores")
+
+    class LastItemFirst(torch.nn.Module):  # scores every seen item 1, the last one 2, all others 0
+        def score_last(self, seqs):
+            scores = torch.zeros(len(seqs), 10)
+            for row, seq in enumerate(seqs):
+                scores[row, seq[seq > 0]] = 1.0
+                scores[row, seq[-1]] = 2.0
+            return scores
+
+    inputs = [np.array([1, 2, 3]), np.array([4, 5])]
+    stats = script.seen_item_stats(LastItemFirst(), inputs, np.array([6, 4]), max_len=5)
+    # user 1: target 6 scores 0, its three seen items score above it; user 2: the target 4 is itself seen
+    # (score 1), only the last item 5 (score 2) is above it
+    assert stats == {"users": 2, "mean_seen_above_target": 2.0, "share_any_seen_above_target": 1.0,
+                     "share_last_seen_above_target": 1.0}
+    rows = script.main(["--data", str(tiny_data), "--models", "sasrec", "--max-epochs", "1", "--max-len", "6",
+                        "--hidden", "8", "--batch-size", "8", "--threads", "1", "--out-dir", str(tmp_path / "out")])
+    (row,) = rows
+    assert row["users"] == 20 and 0 <= row["share_any_seen_above_target"] <= 1
+    assert row["ndcg@10_masked"] >= row["ndcg@10"]  # masking never lowers a rank
+    assert "| sasrec | fp32 |" in (tmp_path / "out" / "seen_items.md").read_text(encoding="utf-8")
