@@ -76,6 +76,8 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
     table = model.item_table()
     if loss == "ce":
         return chunked_softmax_ce(h, table, y, precision=precision)
+    if precision != "fp32":  # checked here, where every caller passes, not only the trainer
+        raise P2RecError(f"config key 'train.precision': '{precision}' applies to loss 'ce' only, not '{loss}'")
     if loss in ("bce", "bpr"):
         neg = torch.randint(1, model.num_items + 1, y.shape, device=device)
         neg = torch.where(neg == y, neg % model.num_items + 1, neg)
@@ -156,9 +158,6 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
     device = resolve_device(tr["device"])
     # optional key: runs configured before it existed keep their settings, fingerprints and Snakemake params
     precision = tr.get("precision", "fp32")
-    if precision != "fp32" and tr["loss"] != "ce":
-        raise P2RecError(f"config key 'train.precision': '{precision}' applies to loss 'ce' only, "
-                         f"not '{tr['loss']}'")
     if tr.get("threads"):
         torch.set_num_threads(tr["threads"])
     model.to(device)
