@@ -15,10 +15,10 @@ import torch
 
 from p2rec import P2RecError
 from p2rec.config import train_settings, validate_config
-from p2rec.evaluation import pad_left, ranks_from_scores
+from p2rec.evaluation import full_ranking, pad_left, ranks_from_scores
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import loss_on_batch
+from p2rec.training import eval_batching, loss_on_batch
 
 NAMES = sorted(BACKBONES)
 NUM_ITEMS, HIDDEN, MAX_LEN = 40, 16, 20
@@ -167,6 +167,19 @@ def test_score_last_equals_the_last_output_of_forward(name):
     for seqs in (padded, _random_items((3, 12), seed=8)):
         reference = model.forward(seqs)[:, -1, :] @ model.item_table().T
         assert torch.allclose(model.score_last(seqs), reference, atol=1e-5), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padded_and_equal_length_evaluation_rank_alike(name):
+    """A GPU evaluates in padded batches, a CPU in equal-length ones: every user's rank must not depend on it."""
+    model = _perturbed(name)
+    gen = np.random.default_rng(3)
+    inputs = [gen.integers(1, NUM_ITEMS + 1, size=n) for n in gen.integers(1, 2 * MAX_LEN, size=30)]
+    targets = gen.integers(1, NUM_ITEMS + 1, size=len(inputs))
+    ranks = {b: full_ranking(model.score_last, inputs, targets, MAX_LEN, batch_size=7, batching=b)
+             for b in ("padded", "equal_length")}
+    assert np.array_equal(ranks["padded"], ranks["equal_length"]), name
+    assert eval_batching("cpu") == "equal_length" and eval_batching(torch.device("cuda", 1)) == "padded"
 
 
 class _Bidirectional(SequentialBackbone):
