@@ -4,7 +4,8 @@ Reads run folders laid out as {dataset}/{backbone}/{variant}/seed{seed}/metrics.
 one folder per loss, and the published reference numbers from results/reproduction/published.csv.
 Runs are grouped by dataset, backbone, loss and the kind of device each run's timing.json records (cpu or
 gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from different GPU models, listed in
-the machines column). Writes <out>.md and <out>.csv with the columns dataset, backbone, loss, device, seeds,
+the machines column). A seed found in more than one folder (the same run made twice, e.g. by the workflow and by
+reproduce_grid) counts once: the folder given first wins, and the others are named on stderr. Writes <out>.md and <out>.csv with the columns dataset, backbone, loss, device, seeds,
 hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10,
 ratio_ndcg@10.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +36,8 @@ def collect(loss: str, root: Path) -> list[dict]:
         rows.append({"dataset": dataset, "backbone": backbone, "loss": loss, "device": "gpu" if gpu else "cpu",
                      "device_name": gpu or f"cpu ({timing.get('machine', '?')})", "seed": metrics["seed"],
                      "hr@10": metrics["test"]["hr@10"], "ndcg@10": metrics["test"]["ndcg@10"],
-                     "epochs": metrics["epochs"], "threads": timing.get("torch_threads")})
+                     "epochs": metrics["epochs"], "threads": timing.get("torch_threads"),
+                     "path": str(metrics_path.parent)})
     return rows
 
 
@@ -51,6 +54,14 @@ def main() -> None:
         rows += collect(loss, Path(folder))
     runs = pd.DataFrame(rows)
     runs = runs[runs["dataset"].isin(args.datasets)]
+    # a seed counted twice would shrink the std and inflate the seed count
+    cell_seed = ["dataset", "backbone", "loss", "device", "seed"]
+    repeated = runs.duplicated(cell_seed, keep="first")
+    for _, row in runs[repeated].iterrows():
+        kept = runs[~repeated].set_index(cell_seed).loc[tuple(row[cell_seed]), "path"]
+        print(f"reproduction_table: {row['path']} repeats the seed of {kept}; counted once (the first)",
+              file=sys.stderr)
+    runs = runs[~repeated]
     grouped = runs.groupby(["dataset", "backbone", "loss", "device"])
     table = grouped[["hr@10", "ndcg@10"]].agg(["mean", "std"])
     table.columns = [m if stat == "mean" else f"{m}_std" for m, stat in table.columns]

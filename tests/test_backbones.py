@@ -511,6 +511,16 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
     assert rows.loc["gpu", "machines"] == "NVIDIA H100 80GB HBM3 x1, NVIDIA H200 x1"
     assert rows.loc["cpu", "seeds"] == 1 and rows.loc["cpu", "hr@10"] == pytest.approx(0.5)
     assert rows.loc["gpu", "ratio_hr@10"] == pytest.approx(1.0)
+    # the same GPU seed in a second folder (a run made twice) counts once: the folder given first wins
+    again = tmp_path / "again" / "beauty" / "gru4rec" / "none" / "seed1"
+    again.mkdir(parents=True)
+    (again / "metrics.json").write_text(json.dumps({"seed": 1, "epochs": 10, "test": {"hr@10": 0.9, "ndcg@10": 0.4}}))
+    (again / "timing.json").write_text(json.dumps({"gpu": "NVIDIA H200", "machine": "x86_64"}))
+    monkeypatch.setattr("sys.argv", ["reproduction_table.py", "--runs", f"bce={tmp_path / 'bce'}", "--runs",
+                                     f"bce={tmp_path / 'again'}", "--published", str(published), "--out", str(out)])
+    table.main()
+    rows = pd.read_csv(out.with_suffix(".csv")).set_index("device")
+    assert rows.loc["gpu", "seeds"] == 2 and rows.loc["gpu", "hr@10"] == pytest.approx(0.03)
 
 
 def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
