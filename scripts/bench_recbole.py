@@ -80,6 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "products; RecBole always fp32)")
     p.add_argument("--mask-history", action="store_true",
                    help="mask seen items in p2rec's ranking (RecBole never does; off = matched)")
+    p.add_argument("--model-override", type=json.loads, default={},
+                   help="JSON merged into p2rec's backbone parameters, e.g. '{\"dropout\": 0.5}' (RecBole's SASRec "
+                        "dropout); RecBole's settings never change")
+    p.add_argument("--p2rec-only", action="store_true",
+                   help="run p2rec alone (ablations of p2rec's side against RecBole rows measured before)")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
     p.add_argument("--work-dir", default=str(REPO / ".bench" / "recbole-work"))
     p.add_argument("--out-dir", default=str(REPO / "results" / "reproduction"))
@@ -208,6 +213,7 @@ def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
     config = validate_config({
         "catalog": {"bench": {"source": "sequences", "file": str(args.data)}}, "datasets": ["bench"],
         "backbones": [model], "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"],
+        "backbone_params": {model: dict(args.model_override)},
         "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
                   "epochs": args.max_epochs, "patience": args.patience, "loss": LOSSES[args.loss][1],
                   "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads,
@@ -289,7 +295,8 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
                              f"{r['eval_sec'] / max(p['eval_sec'], 1e-9):.1f}x | {p['ndcg@10'] - r['ndcg@10']:+.4f} |")
     recbole_settings = (f"{RECBOLE_MODELS[m][0]} {json.dumps(RECBOLE_MODELS[m][1], sort_keys=True)}" for m in args.models)
     lines += ["", "RecBole model settings (others at RecBole's defaults): " + "; ".join(recbole_settings),
-              "p2rec model settings (module defaults): " +
+              ("p2rec model settings (module defaults, overridden by --model-override): " if args.model_override
+               else "p2rec model settings (module defaults): ") +
               "; ".join(f"{m} {json.dumps(s, sort_keys=True)}" for m, s in p2rec_settings.items()),
               "", "Command: `python scripts/bench_recbole.py " + " ".join(sys.argv[1:]) + "`",
               "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()),
@@ -311,8 +318,9 @@ def main(argv=None) -> list[dict]:
     name = Path(args.data).parent.name or "dataset"
     name = "".join(c if c.isalnum() else "_" for c in name)
     started = time.perf_counter()
-    py = ensure_venv(Path(args.venv), args.python)
-    _, expected = write_atomic_files(args.data, work, name)
+    if not args.p2rec_only:
+        py = ensure_venv(Path(args.venv), args.python)
+        _, expected = write_atomic_files(args.data, work, name)
     rows, recbole_env, p2rec_settings = [], {}, {}
     for model in args.models:
         # ours first (minutes), RecBole after (hours for SASRec); the outputs are rewritten after every run,
@@ -322,6 +330,8 @@ def main(argv=None) -> list[dict]:
             p2rec_settings[model] = ours["settings"]["model"]
             rows.append(_row("p2rec", model, ours, precision))
             md = write_outputs(rows, args, recbole_env, p2rec_settings)
+        if args.p2rec_only:
+            continue
         rb = run_recbole(py, args, work, name, model, expected)
         recbole_env = {"torch": rb["torch"], "torch_threads": rb["torch_threads"]}
         rows.append(_row("recbole", model, rb))

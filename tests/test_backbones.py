@@ -413,6 +413,14 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert "| gru4rec | fp32 |" in md and "| gru4rec | bf16 |" in md and "| recbole | gru4rec |" in md
     assert "| fp32 | 0.2 | 0.07 |" in md  # RecBole's row with its masked test
+    # --p2rec-only: RecBole neither installed nor run; --model-override reaches our backbone and the report
+    monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: pytest.fail("venv built for --p2rec-only"))
+    calls.clear()
+    monkeypatch.setattr(bench, "run_recbole", failing_recbole)
+    rows = bench.main([*argv, "--p2rec-only", "--model-override", '{"dropout": 0.45}'])
+    assert calls == [] and [r["library"] for r in rows] == ["p2rec", "p2rec"]
+    md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
+    assert '"dropout": 0.45' in md and "overridden by --model-override" in md
 
 
 def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():
