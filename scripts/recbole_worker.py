@@ -9,6 +9,9 @@ exactly the validation/test targets and inputs that p2rec uses.
     python recbole_worker.py --config run.json --out result.json --checkpoint saved/SASRec-....pth
 
 With ``--checkpoint`` it trains nothing: it loads a model RecBole saved (its best epoch) and only tests it.
+With ``--resume`` it continues a stopped training from such a file (RecBole's ``resume_checkpoint``: weights,
+optimiser, epoch, early-stopping counter and best score; not the random state, so the batches after the resume
+differ from those of an uninterrupted run). RecBole then saves its new best epochs into that same file.
 Either way the result also holds the test metrics with the user's seen items masked as p2rec masks them
 (``test_masked``): RecBole's full-sort evaluation of sequential models never masks them.
 """
@@ -105,6 +108,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="JSON: model, dataset, config_dict, expected (split file)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--checkpoint", help="test this saved model (RecBole's .pth) instead of training one")
+    parser.add_argument("--resume", help="continue training from this saved model (RecBole's .pth)")
     args = parser.parse_args()
     with open(args.config, encoding="utf-8") as fh:
         job = json.load(fh)
@@ -146,7 +150,12 @@ def main() -> None:
         result = {"model": job["model"], "checkpoint": args.checkpoint, "test_eval_sec": time.perf_counter() - start,
                   "test": {k: float(v) for k, v in test.items()}, "split_check": check, "torch": torch.__version__}
     else:
-        result = fit_and_test(trainer, train_data, valid_data, test_data, job)
+        resumed = None
+        if args.resume:
+            trainer.resume_checkpoint(args.resume)
+            resumed = {"file": args.resume, "epochs_done": trainer.start_epoch,
+                       "best_valid_ndcg@10": float(trainer.best_valid_score)}
+        result = fit_and_test(trainer, train_data, valid_data, test_data, job, resumed)
         result["split_check"] = check
     if expected is not None:  # after RecBole's own test, which loaded the best weights into ``model``
         result["test_masked"] = masked_test_metrics(model, test_data, expected)
@@ -154,8 +163,9 @@ def main() -> None:
         json.dump(result, fh, indent=2)
 
 
-def fit_and_test(trainer, train_data, valid_data, test_data, job: dict) -> dict:
-    """RecBole's own training (early stopping on validation) and test of its best epoch, timed."""
+def fit_and_test(trainer, train_data, valid_data, test_data, job: dict, resumed: dict | None = None) -> dict:
+    """RecBole's own training (early stopping on validation) and test of its best epoch, timed. After a resume,
+    the epochs and best epoch count the ones done before it; the timings only the ones after it."""
     import torch
 
     train_times: list[float] = []
@@ -170,10 +180,14 @@ def fit_and_test(trainer, train_data, valid_data, test_data, job: dict) -> dict:
     start = time.perf_counter()
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     test_seconds = time.perf_counter() - start
+    before = resumed["epochs_done"] if resumed else 0
+    best_epoch = _best_epoch_after_resume([score for score, _ in valid_out], resumed)
     return {
         "model": job["model"],
-        "epochs": len(train_times),
-        "best_epoch": _best_epoch([score for score, _ in valid_out]),
+        "epochs": before + len(train_times),
+        "epochs_timed": len(train_times),
+        "resumed": resumed,
+        "best_epoch": best_epoch,
         "sec_per_epoch": sum(train_times) / max(len(train_times), 1),
         "eval_sec": sum(valid_times) / max(len(valid_times), 1),
         "test_eval_sec": test_seconds,
@@ -194,6 +208,14 @@ def _best_epoch(scores: list[float]) -> int:
         if score >= best:
             best, best_epoch = score, epoch
     return best_epoch
+
+
+def _best_epoch_after_resume(scores: list[float], resumed: dict | None) -> int:
+    """The best epoch (1-based, counting the epochs before a resume). RecBole saves only its best epochs, so a
+    resumed file holds the best of the first ``epochs_done`` epochs, which stands until a later one reaches it."""
+    if not resumed:
+        return _best_epoch(scores)
+    return _best_epoch([resumed["best_valid_ndcg@10"], *scores]) + resumed["epochs_done"] - 1
 
 
 if __name__ == "__main__":

@@ -437,6 +437,11 @@ def test_recbole_best_epoch_follows_its_early_stopping_rule():
     worker = _script("recbole_worker")
     assert worker._best_epoch([0.1, 0.3, 0.2, 0.3, 0.25]) == 4  # RecBole keeps ties (>=)
     assert worker._best_epoch([0.5]) == 1
+    # resumed after 43 epochs whose best scored 0.052: a later epoch must reach it to take its place
+    resumed = {"epochs_done": 43, "best_valid_ndcg@10": 0.052}
+    assert worker._best_epoch_after_resume([0.051, 0.050], resumed) == 43
+    assert worker._best_epoch_after_resume([0.051, 0.052, 0.050], resumed) == 45
+    assert worker._best_epoch_after_resume([0.3, 0.2], None) == 1
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
