@@ -169,6 +169,18 @@ def test_score_last_equals_the_last_output_of_forward(name):
         assert torch.allclose(model.score_last(seqs), reference, atol=1e-5), name
 
 
+def test_sasrec_ffn_size_widens_only_the_feed_forward_layer():
+    narrow, wide = _model("sasrec"), _model("sasrec", ffn_size=4 * HIDDEN)
+    grown = sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in narrow.parameters())
+    # per block: two linear maps of HIDDEN x (4H - H) weights, plus 4H - H more first-layer biases
+    assert grown == len(wide.blocks) * (2 * HIDDEN * 3 * HIDDEN + 3 * HIDDEN)
+    assert wide.score_last(_random_items((2, 6), seed=1)).shape == (2, NUM_ITEMS + 1)
+    # a config may set it, but it stays out of the defaults: runs that do not set it keep their settings
+    config = _config("sasrec", backbone_params={"sasrec": {"ffn_size": 256}})
+    assert train_settings(config, "tiny", "sasrec")["model"]["ffn_size"] == 256
+    assert "ffn_size" not in train_settings(_config("sasrec"), "tiny", "sasrec")["model"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_padded_and_equal_length_evaluation_rank_alike(name):
     """A GPU evaluates in padded batches, a CPU in equal-length ones: every user's rank must not depend on it."""

@@ -67,7 +67,7 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_names(config: dict) -> None:
-    from p2rec.models.registry import BACKBONES
+    from p2rec.models.registry import BACKBONES, backbone_parameters
 
     problems = []
     for i, name in enumerate(config["datasets"]):
@@ -96,11 +96,11 @@ def _check_names(config: dict) -> None:
         if name not in BACKBONES:
             problems.append(f"config key 'backbone_params.{name}': unknown backbone '{name}'")
             continue
-        unknown = set(params) - set(BACKBONES[name].defaults)
+        unknown = set(params) - set(backbone_parameters(name))
         if unknown:
             problems.append(
                 f"config key 'backbone_params.{name}': unknown parameter(s) {sorted(unknown)} "
-                f"(known: {sorted(BACKBONES[name].defaults)})"
+                f"(known: {backbone_parameters(name)})"
             )
     for name, entry in config.get("catalog", {}).items():
         if entry["source"] != "synthetic" and not entry.get("file") and not entry.get("url"):
@@ -121,7 +121,7 @@ def dataset_seeds(config: dict, dataset: str) -> list[int]:
 
 def train_settings(config: dict, dataset: str, backbone: str) -> dict:
     """The resolved settings of one backbone training: global train + dataset overrides + backbone params."""
-    from p2rec.models.registry import BACKBONES
+    from p2rec.models.registry import BACKBONES, backbone_parameters
 
     settings = dict(config["train"])
     settings.update(config["catalog"][dataset].get("train", {}))
@@ -155,7 +155,7 @@ def check_settings(settings: Any) -> dict:
     JSON): train/eval sections checked against the schema (defaults filled), backbone and its parameters
     against the registry. Keys are named as in the config (``train.*`` may come from
     ``catalog.<dataset>.train``, ``model.*`` from ``backbone_params.<backbone>``)."""
-    from p2rec.models.registry import BACKBONES
+    from p2rec.models.registry import BACKBONES, backbone_parameters
 
     if not isinstance(settings, dict):
         raise P2RecError(f"training settings: expected a JSON object, got {type(settings).__name__}")
@@ -173,10 +173,10 @@ def check_settings(settings: Any) -> dict:
     if not isinstance(model, dict):
         problems.append(f"config key 'backbone_params.{backbone}': expected a mapping, got {type(model).__name__}")
     elif backbone in BACKBONES:
-        unknown = sorted(set(model) - set(BACKBONES[backbone].defaults))
+        unknown = sorted(set(model) - set(backbone_parameters(backbone)))
         if unknown:
             problems.append(f"config key 'backbone_params.{backbone}': unknown parameter(s) {unknown} "
-                            f"(known: {sorted(BACKBONES[backbone].defaults)})")
+                            f"(known: {backbone_parameters(backbone)})")
     if problems:  # one line: the CLI prints it as `p2rec train: error: ...`
         raise P2RecError("invalid training settings: " + "; ".join(problems))
     for section in ("train", "eval"):

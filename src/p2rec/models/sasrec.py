@@ -17,8 +17,9 @@ from p2rec.models.base import SequentialBackbone
 
 
 class _Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None):
         super().__init__()
+        ffn_size = ffn_size or hidden
         self.heads = heads
         self.norm_attn = nn.LayerNorm(hidden, eps=1e-8)
         self.qkv = nn.Linear(hidden, 3 * hidden)
@@ -26,7 +27,8 @@ class _Block(nn.Module):
         self.drop = FastDropout(dropout)
         self.attn_dropout = dropout
         self.norm_ffn = nn.LayerNorm(hidden, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), FastDropout(dropout), nn.Linear(hidden, hidden))
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn_size), nn.GELU(), FastDropout(dropout),
+                                 nn.Linear(ffn_size, hidden))
 
     def _heads(self, z: torch.Tensor) -> torch.Tensor:
         b, t, d = z.shape
@@ -64,11 +66,13 @@ class SASRec(SequentialBackbone):
     defaults = {"num_layers": 2, "num_heads": 1, "dropout": 0.2}
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, ffn_size: int | None = None):
+        """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
+        paper (RecBole's SASRec uses 256 = 4 x 64)."""
         super().__init__(num_items, hidden, max_len)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
 
