@@ -5,9 +5,9 @@ one folder per loss, and the published reference numbers from results/reproducti
 Runs are grouped by dataset, backbone, loss and the kind of device each run's timing.json records (cpu or
 gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from different GPU models, listed in
 the machines column). A seed found in more than one folder (the same run made twice, e.g. by the workflow and by
-reproduce_grid) counts once: the folder given first wins, and the others are named on stderr. Writes <out>.md and <out>.csv with the columns dataset, backbone, loss, device, seeds,
-hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10,
-ratio_ndcg@10.
+reproduce_grid) counts once: the folder given first wins, and the others are named on stderr. Writes <out>.md
+and <out>.csv with the columns dataset, backbone, loss, device, seeds, hr@10, ndcg@10, hr@10_std,
+ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10, ratio_ndcg@10.
 
     python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
         --runs bce=results/reproduction/runs-h200/bce --runs ce=results/reproduction/runs-h200/ce \

@@ -121,7 +121,7 @@ def dataset_seeds(config: dict, dataset: str) -> list[int]:
 
 def train_settings(config: dict, dataset: str, backbone: str) -> dict:
     """The resolved settings of one backbone training: global train + dataset overrides + backbone params."""
-    from p2rec.models.registry import BACKBONES, backbone_parameters
+    from p2rec.models.registry import BACKBONES
 
     settings = dict(config["train"])
     settings.update(config["catalog"][dataset].get("train", {}))
