@@ -38,10 +38,10 @@ def _model(name: str, seed: int = 0, num_items: int = NUM_ITEMS, **params) -> Se
     return build_backbone(name, num_items, HIDDEN, MAX_LEN, **params)
 
 
-def _perturbed(name: str, seed: int = 0) -> SequentialBackbone:
+def _perturbed(name: str, seed: int = 0, **params) -> SequentialBackbone:
     """A model in eval mode with every weight moved away from its initialisation, so that any path
     from an input position to an output position carries a clearly visible signal."""
-    model = _model(name, seed)
+    model = _model(name, seed, **params)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -179,6 +179,23 @@ def test_sasrec_ffn_size_widens_only_the_feed_forward_layer():
     config = _config("sasrec", backbone_params={"sasrec": {"ffn_size": 256}})
     assert train_settings(config, "tiny", "sasrec")["model"]["ffn_size"] == 256
     assert "ffn_size" not in train_settings(_config("sasrec"), "tiny", "sasrec")["model"]
+
+
+def test_sasrec_post_norm_layout_is_causal_padding_blind_and_shortcut_exact():
+    """RecBole's block layout (``norm: post``) keeps the contracts every backbone keeps."""
+    model = _perturbed("sasrec", norm="post", ffn_size=4 * HIDDEN)
+    seqs = _random_items((4, 10), seed=5)
+    leak, react = causality_violation(model, seqs)
+    assert leak < 1e-5 and react > 1e-4
+    seqs[0, :4] = 0
+    seqs[2, :9] = 0
+    assert padding_violation(model, seqs, 3) < 1e-5
+    reference = model.forward(seqs)[:, -1, :] @ model.item_table().T
+    assert torch.allclose(model.score_last(seqs), reference, atol=1e-5)
+    # it is another model, not the default one renamed
+    assert not torch.allclose(model.score_last(seqs), _perturbed("sasrec", ffn_size=4 * HIDDEN).score_last(seqs))
+    with pytest.raises(ValueError, match="norm"):
+        _model("sasrec", norm="middle")
 
 
 @pytest.mark.parametrize("name", NAMES)

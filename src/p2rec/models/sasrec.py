@@ -17,9 +17,10 @@ from p2rec.models.base import SequentialBackbone
 
 
 class _Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None):
+    def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None, norm: str = "pre"):
         super().__init__()
         ffn_size = ffn_size or hidden
+        self.post = norm == "post"
         self.heads = heads
         self.norm_attn = nn.LayerNorm(hidden, eps=1e-8)
         self.qkv = nn.Linear(hidden, 3 * hidden)
@@ -38,13 +39,16 @@ class _Block(nn.Module):
     def _finish(self, q_in: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = attn.shape
         x = q_in + self.drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
+        if self.post:  # x + sublayer(x), then the norm (BERT, RecBole)
+            x = self.norm_attn(x)
+            return self.norm_ffn(x + self.drop(self.ffn(x)))
         h = self.norm_ffn(x)
         return h + self.drop(self.ffn(h))
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """``mask=None``: no padding in the batch, plain causal attention (the fused kernel)."""
         d = x.shape[-1]
-        q_in = self.norm_attn(x)
+        q_in = x if self.post else self.norm_attn(x)
         q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
@@ -54,7 +58,7 @@ class _Block(nn.Module):
     def forward_last(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Output at the last position only (inference): keys and values for every position, one query."""
         d = x.shape[-1]
-        q_in = self.norm_attn(x)
+        q_in = x if self.post else self.norm_attn(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
         k, v = (self._heads(z) for z in F.linear(q_in, w[d:], bias[d:]).split(d, -1))
@@ -66,13 +70,19 @@ class SASRec(SequentialBackbone):
     defaults = {"num_layers": 2, "num_heads": 1, "dropout": 0.2}
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, ffn_size: int | None = None):
+                 dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre"):
         """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
-        paper (RecBole's SASRec uses 256 = 4 x 64)."""
+        paper (RecBole's SASRec uses 256 = 4 x 64). ``norm``: "pre", the SASRec paper's layout (item embeddings
+        scaled by sqrt(hidden), each sublayer fed a normalised input, a final norm); "post", the BERT layout
+        RecBole's SASRec uses (unscaled embeddings normalised once, each block's sum normalised, no final norm)."""
+        if norm not in ("pre", "post"):
+            raise ValueError(f"sasrec norm must be 'pre' or 'post', got {norm!r}")
         super().__init__(num_items, hidden, max_len)
+        self.post = norm == "post"
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm) for _ in range(num_layers))
+        # post: the norm sits on the embeddings instead of after the last block
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
 
@@ -81,7 +91,10 @@ class SASRec(SequentialBackbone):
         padding)."""
         t = seqs.shape[1]
         real = seqs > 0
-        x = self.emb_drop(self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs)))
+        if self.post:
+            x = self.emb_drop(self.final_norm(self.item_emb(seqs) + self.pos_emb(self.position_ids(seqs))))
+        else:
+            x = self.emb_drop(self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs)))
         if bool(real.all()):
             return x, None, real, None  # no padding: nothing to zero
         keep = real.unsqueeze(-1).to(x.dtype)
@@ -95,7 +108,7 @@ class SASRec(SequentialBackbone):
         x, keep, _, mask = self._embed(seqs[:, -self.max_len:])
         for block in self.blocks:
             x = block(x, keep, mask)
-        return self.final_norm(x)
+        return x if self.post else self.final_norm(x)
 
     def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
         """Scores after the last position; the last block computes only the last query (its only use here).
@@ -104,5 +117,6 @@ class SASRec(SequentialBackbone):
         for block in self.blocks[:-1]:
             x = block(x, keep, mask)
         key_mask = None if mask is None else real[:, None, None, :]
-        hidden = self.final_norm(self.blocks[-1].forward_last(x, key_mask))[:, 0]
+        last = self.blocks[-1].forward_last(x, key_mask)
+        hidden = (last if self.post else self.final_norm(last))[:, 0]
         return hidden @ self.item_table().T
