@@ -25,7 +25,7 @@ import torch
 from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
-from p2rec.io import markdown_rows, write_text
+from p2rec.io import command_line, markdown_rows, write_text
 from p2rec.models.registry import BACKBONES, build_backbone
 from p2rec.training import environment, resolve_device, seed_everything
 
@@ -91,7 +91,7 @@ def main(argv=None) -> list[dict]:
         f"{args.hidden}, untrained models; medians over {args.repeat} interleaved repeats; speedup = time at batch "
         f"{args.batch_sizes[0]} / time at this batch size; ranks identical at every batch size (checked).", "",
         *markdown_rows(rows, COLUMNS), "",
-        "Command: `python scripts/bench_eval_batch.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
+        f"Command: `{command_line('bench_eval_batch.py', argv)}`",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""])
     write_text(out.with_suffix(".md"), md)
     print(md)

@@ -38,9 +38,9 @@ from p2rec.config import train_settings, validate_config
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking, metrics_from_ranks
-from p2rec.io import markdown_rows, write_json, write_table_files, write_text
+from p2rec.io import command_line, markdown_rows, write_json, write_table_files, write_text
 from p2rec.models.registry import build_backbone
-from p2rec.training import environment, resolve_device, seed_everything, train_backbone
+from p2rec.training import environment, eval_batching, resolve_device, seed_everything, train_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("recbole_worker.py")
@@ -90,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(REPO / "results" / "reproduction"))
     p.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
     args = p.parse_args(argv)
+    args.command = command_line("bench_recbole.py", argv)
     if args.max_epochs < 1 or args.patience < 1:
         p.error("--max-epochs and --patience must be >= 1")
     if set(args.precisions) != {"fp32"} and args.loss != "ce":  # checked before RecBole's long run, not after it
@@ -229,10 +230,11 @@ def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
     res = train_backbone(backbone, split, settings, args.seed, progress=False)
     # the same selected model tested again with seen items masked (the suite's protocol), as RecBole's is
     backbone.eval()
+    device = resolve_device(args.device)
     with torch.no_grad():
         masked = metrics_from_ranks(full_ranking(backbone.score_last, split.inputs("test"), split.targets("test"),
                                                  args.max_len, mask_history=True, batch_size=args.eval_batch_size,
-                                                 device=resolve_device(args.device)), [10])
+                                                 device=device, batching=eval_batching(device)), [10])
     return {"sec_per_epoch": res.timing["seconds_per_epoch"], "eval_sec": res.timing["eval_seconds_per_pass"],
             "test_eval_sec": res.timing["test_eval_seconds"], "epochs": res.epochs, "best_epoch": res.best_epoch,
             "test": res.test, "test_masked": masked, "training_samples": res.timing["training_sequences"],
@@ -298,7 +300,7 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
               ("p2rec model settings (module defaults, overridden by --model-override): " if args.model_override
                else "p2rec model settings (module defaults): ") +
               "; ".join(f"{m} {json.dumps(s, sort_keys=True)}" for m, s in p2rec_settings.items()),
-              "", "Command: `python scripts/bench_recbole.py " + " ".join(sys.argv[1:]) + "`",
+              "", f"Command: `{args.command}`",
               "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()),
               "RecBole environment: " + ", ".join(f"{k} {v}" for k, v in recbole_env.items()), ""]
     return "\n".join(lines)

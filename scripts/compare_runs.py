@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from p2rec import P2RecError
-from p2rec.io import markdown_rows, write_table_files
+from p2rec.io import command_line, markdown_rows, write_table_files
 from p2rec.stats import compare_seeds, compare_users, user_means_over_seeds
 
 COLUMNS = ["metric", "treatment", "comparator", "effect", "ci_low", "ci_high", "p_users", "n_users",
@@ -81,7 +81,7 @@ def main(argv=None) -> list[dict]:
         f"two-sided paired t-test over users; effect: relative difference of the means with its bootstrap 95% "
         f"interval (2,000 resamples, seed 0); p_seeds: paired t-test over the per-seed scores.", "",
         *markdown_rows(rows, COLUMNS), "",
-        "Command: `python scripts/compare_runs.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", ""])
+        f"Command: `{command_line('compare_runs.py', argv)}`", ""])
     write_table_files(args.out, rows, COLUMNS, md)
     print(md)
     return rows

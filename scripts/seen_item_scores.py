@@ -22,7 +22,8 @@ import torch
 
 from p2rec import P2RecError
 from p2rec.evaluation import pad_left
-from p2rec.io import markdown_rows, write_table_files
+from p2rec.io import command_line, markdown_rows, write_table_files
+from p2rec.training import resolve_device
 
 COLUMNS = ["model", "precision", "best_epoch", "hr@10", "ndcg@10", "hr@10_masked", "ndcg@10_masked",
            "users", "mean_seen_above_target", "share_any_seen_above_target", "share_last_seen_above_target"]
@@ -36,15 +37,16 @@ def _bench():
     return module
 
 
-def seen_item_stats(model, inputs: list[np.ndarray], targets: np.ndarray, max_len: int, batch: int = 1024) -> dict:
+def seen_item_stats(model, inputs: list[np.ndarray], targets: np.ndarray, max_len: int, batch: int = 1024,
+                    device: str | torch.device = "cpu") -> dict:
     """Per user: how many distinct seen items (not the target) score strictly above the target, and whether
-    the last seen item does."""
+    the last seen item does (``device``: where the model sits; the counting runs on the CPU)."""
     model.eval()
     above, last_above = [], []
     with torch.no_grad():
         for s in range(0, len(inputs), batch):
             seqs, tgts = inputs[s:s + batch], targets[s:s + batch]
-            scores = model.score_last(pad_left(seqs, max_len))
+            scores = model.score_last(pad_left(seqs, max_len).to(device)).float().cpu()
             for row, seq, target in zip(scores, seqs, tgts):
                 seen = np.unique(seq)
                 seen = seen[(seen > 0) & (seen != target)]
@@ -69,7 +71,8 @@ def main(argv=None) -> list[dict]:
                          "hr@10": round(r["test"]["hr@10"], 4), "ndcg@10": round(r["test"]["ndcg@10"], 4),
                          "hr@10_masked": round(r["test_masked"]["hr@10"], 4),
                          "ndcg@10_masked": round(r["test_masked"]["ndcg@10"], 4),
-                         **seen_item_stats(r["backbone"], split.inputs("test"), split.targets("test"), args.max_len)})
+                         **seen_item_stats(r["backbone"], split.inputs("test"), split.targets("test"), args.max_len,
+                                          device=resolve_device(args.device))})
     md = "\n".join([
         f"# Seen items scored above the target: p2rec on `{args.data}`", "",
         f"Our side of the RecBole comparison (bench_recbole.py settings: hidden {args.hidden}, max length "
@@ -78,7 +81,7 @@ def main(argv=None) -> list[dict]:
         f"seen items = the test input without the target. hr/ndcg@10: unmasked ranking (RecBole's protocol for "
         f"sequential models); _masked: the same model with seen items masked (the suite's protocol).", "",
         *markdown_rows(rows, COLUMNS), "",
-        "Command: `python scripts/seen_item_scores.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", ""])
+        f"Command: `{command_line('seen_item_scores.py', argv)}`", ""])
     write_table_files(Path(args.out_dir) / "seen_items", rows, COLUMNS, md)
     print(md)
     return rows

@@ -450,6 +450,9 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
     assert calls == [] and [r["library"] for r in rows] == ["p2rec", "p2rec"]
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert '"dropout": 0.45' in md and "overridden by --model-override" in md
+    # the recorded command is the one that ran (not the test runner's), quoted so it pastes back into a shell
+    assert "Command: `python scripts/bench_recbole.py --data " in md
+    assert """--model-override '{"dropout": 0.45}'""" in md
 
 
 def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():

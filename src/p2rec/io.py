@@ -10,7 +10,9 @@ import gzip
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -94,6 +96,12 @@ def markdown_rows(rows: list[dict], columns: list[str]) -> list[str]:
     """A markdown table (header, rule, one line per row) of ``columns`` of dict rows."""
     return ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|",
             *("| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows)]
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command that made a results file, quoted so it can be pasted back into a shell (``argv``: the
+    arguments a script's ``main`` was given; None = this process's own)."""
+    return "python scripts/" + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_table_files(prefix: str | os.PathLike, rows: list[dict], columns: list[str], markdown: str) -> None:
