@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-override", type=json.loads, default={},
                    help="JSON merged into p2rec's backbone parameters, e.g. '{\"dropout\": 0.5}' (RecBole's SASRec "
                         "dropout); RecBole's settings never change")
+    p.add_argument("--samples", default="sequences", choices=["sequences", "prefixes"],
+                   help="p2rec's train.samples: every position of a user's sequence in one causal pass, or each "
+                        "prefix its own sample with the loss at its end (RecBole's way)")
     p.add_argument("--p2rec-only", action="store_true",
                    help="run p2rec alone (ablations of p2rec's side against RecBole rows measured before)")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
@@ -218,7 +221,7 @@ def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
         "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
                   "epochs": args.max_epochs, "patience": args.patience, "loss": LOSSES[args.loss][1],
                   "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads,
-                  "precision": precision},
+                  "precision": precision, **({"samples": args.samples} if args.samples != "sequences" else {})},
         "eval": {"ks": [10], "mask_history": bool(args.mask_history), "select_metric": "ndcg@10"},
     })
     settings = train_settings(config, "bench", model)
@@ -280,8 +283,10 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
         + (f"precision: the dtype of p2rec's cross-entropy matrix products (train.precision; RecBole: fp32). "
            if args.precisions != ["fp32"] else "")
         + f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
-        f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec every position of "
-        f"a user's sequence in one causal pass (training_samples). hr@10_masked, ndcg@10_masked: the same "
+        f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec "
+        + ("also (train.samples: prefixes" if args.samples == "prefixes"
+           else "every position of a user's sequence in one causal pass (")
+        + f"training_samples). hr@10_masked, ndcg@10_masked: the same "
         f"selected model tested with each user's seen items masked, as the suite's protocol does (both libraries).",
         "",
         *markdown_rows(rows, COLUMNS),

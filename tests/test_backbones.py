@@ -18,7 +18,7 @@ from p2rec.config import train_settings, validate_config
 from p2rec.evaluation import full_ranking, pad_left, ranks_from_scores
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import eval_batching, loss_on_batch
+from p2rec.training import eval_batching, loss_on_batch, training_pairs, training_prefixes
 
 NAMES = sorted(BACKBONES)
 NUM_ITEMS, HIDDEN, MAX_LEN = 40, 16, 20
@@ -198,6 +198,28 @@ def test_sasrec_post_norm_layout_is_causal_padding_blind_and_shortcut_exact():
         _model("sasrec", norm="middle")
 
 
+def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
+    """``positions: from_start``: the state at t equals that of the prefix ending at t fed alone, which is what
+    makes one causal pass the same as prefix training; counted from the end it differs (the reason to offer it)."""
+    seqs = _random_items((4, 10), seed=6)
+    seqs[1, :3] = 0
+    by_start, by_end = (_perturbed("sasrec", positions=p) for p in ("from_start", "from_end"))
+    t = 6  # the prefix seqs[:, :7]
+    for model, same in ((by_start, True), (by_end, False)):
+        model.eval()
+        with torch.no_grad():
+            whole, prefix = model.forward(seqs)[:, t], model.forward(seqs[:, :t + 1])[:, -1]
+        assert torch.allclose(whole, prefix, atol=1e-5) == same
+    # and the contracts of every backbone still hold
+    leak, react = causality_violation(by_start, _random_items((4, 10), seed=5))
+    assert leak < 1e-5 and react > 1e-4
+    assert padding_violation(by_start, seqs, 3) < 1e-5
+    reference = by_start.forward(seqs)[:, -1, :] @ by_start.item_table().T
+    assert torch.allclose(by_start.score_last(seqs), reference, atol=1e-5)
+    with pytest.raises(ValueError, match="positions"):
+        _model("sasrec", positions="middle")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_padded_and_equal_length_evaluation_rank_alike(name):
     """A GPU evaluates in padded batches, a CPU in equal-length ones: every user's rank must not depend on it."""
@@ -299,6 +321,30 @@ def test_every_loss_runs_and_decreases(name, loss):
     assert after < 0.85 * before, f"{name}/{loss}: loss {before:.4f} -> {after:.4f}"
 
 
+def test_prefix_samples_are_every_training_pair_ending_with_its_target():
+    train = [np.array([5, 6, 7, 8, 9]), np.array([3]), np.array([1, 2])]
+    samples = training_prefixes(train, max_len=2)
+    assert [s.tolist() for s in samples] == [[5, 6], [5, 6, 7], [6, 7, 8], [7, 8, 9], [1, 2]]
+    # as many samples as the one-pass trainer has (input -> next item) pairs
+    assert len(samples) == sum(len(s) - 1 for s in training_pairs(train, max_len=10))
+
+
+@pytest.mark.parametrize("name,positions,same", [("gru4rec", None, True), ("sasrec", "from_start", True),
+                                                  ("sasrec", "from_end", False)])
+def test_prefix_samples_give_the_one_pass_loss_where_states_depend_on_the_prefix_only(name, positions, same):
+    """Without dropout, the loss over a user's prefixes (loss at each one's end) equals the one-pass loss over
+    every position for backbones whose state at t sees the prefix only (GRU4Rec; SASRec counting positions
+    from the start); counted from the end the two regimes train different things."""
+    model = _perturbed(name, **({"positions": positions} if positions else {}))
+    seqs = [np.asarray(s) for s in _random_items((3, 9), seed=4).tolist()]
+    with torch.no_grad():
+        one_pass = loss_on_batch(model, seqs, "ce", 0, CPU)
+        prefixes = training_prefixes(seqs, model.max_len)
+        by_prefix = loss_on_batch(model, prefixes, "ce", 0, CPU, last_only=True)
+    assert len(prefixes) == 3 * 8
+    assert torch.allclose(one_pass, by_prefix, atol=1e-5) == same, (one_pass.item(), by_prefix.item())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_one_epoch_through_the_trainer_from_config(name, tmp_path):
     from p2rec.runner import run_training
@@ -308,12 +354,18 @@ def test_one_epoch_through_the_trainer_from_config(name, tmp_path):
              for u in range(1, 25)]
     data = tmp_path / "sequences.txt"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = _config(name, train={"epochs": 1, "hidden": 8, "max_len": 6, "device": "cpu", "batch_size": 8})
-    settings = json.loads(json.dumps(train_settings(config, "tiny", name)))  # as the rule passes it
-    metrics = run_training(data, settings, seed=1, out_dir=tmp_path / "run", progress=False)
-    assert metrics["status"] == "ok" and metrics["epochs"] == 1
-    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
-    assert (tmp_path / "run" / "ranks.csv.gz").exists()
+    for samples in ("sequences", "prefixes"):
+        config = _config(name, train={"epochs": 1, "hidden": 8, "max_len": 6, "device": "cpu", "batch_size": 8,
+                                      **({"samples": samples} if samples == "prefixes" else {})})
+        settings = json.loads(json.dumps(train_settings(config, "tiny", name)))  # as the rule passes it
+        out = tmp_path / samples
+        metrics = run_training(data, settings, seed=1, out_dir=out, progress=False)
+        assert metrics["status"] == "ok" and metrics["epochs"] == 1
+        assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+        assert (out / "ranks.csv.gz").exists()
+        # one sample per user, or one per (prefix -> next item) pair: 24 users of 4-8 items, 2 held out
+        timing = json.loads((out / "timing.json").read_text())
+        assert timing["training_sequences"] == (24 if samples == "sequences" else sum(len(x.split()) - 4 for x in lines))
 
 
 # ---------------------------------------------------------------- the benchmark scripts (no RecBole needed)

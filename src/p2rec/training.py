@@ -51,6 +51,13 @@ def training_pairs(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
     return [s[-(max_len + 1):] for s in train if len(s) >= 2]
 
 
+def training_prefixes(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """Every (input prefix -> next item) pair as its own sample: the up to ``max_len`` items before each
+    training item after the first, followed by that item (views, not copies). This is how RecBole trains;
+    with :func:`loss_on_batch`'s ``last_only`` the loss falls on the last position of each sample only."""
+    return [s[max(0, end - max_len):end + 1] for s in train for end in range(1, len(s))]
+
+
 def make_batches(pairs: list[np.ndarray], batch_size: int, rng: np.random.Generator, bucket: bool = True):
     """Shuffled batches. With ``bucket``, users of similar length share a batch (sorted inside windows of
     50 batches, then the batch order is shuffled): batches are padded only to their longest sequence,
@@ -66,11 +73,15 @@ def make_batches(pairs: list[np.ndarray], batch_size: int, rng: np.random.Genera
 
 
 def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,
-                  device: torch.device, precision: str = "fp32") -> torch.Tensor:
+                  device: torch.device, precision: str = "fp32", last_only: bool = False) -> torch.Tensor:
+    """Loss over every real (input prefix -> next item) pair of the batch; ``last_only``: over each row's
+    last pair only (prefix samples, :func:`training_prefixes`)."""
     seqs = pad_left(batch, model.max_len + 1).to(device)
     inputs, targets = seqs[:, :-1], seqs[:, 1:]
     hidden = model(inputs)
     valid = targets > 0
+    if last_only:
+        valid = valid & (torch.arange(valid.shape[1], device=device) == valid.shape[1] - 1)
     h = hidden[valid]  # [P, d] one row per real (input prefix, next item) pair
     y = targets[valid]
     table = model.item_table()
@@ -98,13 +109,14 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
 
 
 def train_epoch(model: SequentialBackbone, optimizer, pairs: list[np.ndarray], batches, loss: str,
-                n_negatives: int, device: torch.device, epoch: int = 0, precision: str = "fp32") -> tuple[float, int]:
+                n_negatives: int, device: torch.device, epoch: int = 0, precision: str = "fp32",
+                last_only: bool = False) -> tuple[float, int]:
     """One pass over ``batches`` (index arrays into ``pairs``); returns (summed loss x batch size, sequences)."""
     total, count = 0.0, 0
     for idx in batches:
         batch = [pairs[i] for i in idx]
         optimizer.zero_grad(set_to_none=True)
-        value = loss_on_batch(model, batch, loss, n_negatives, device, precision)
+        value = loss_on_batch(model, batch, loss, n_negatives, device, precision, last_only)
         if not torch.isfinite(value):
             raise P2RecError(f"training loss became {value.item()} at epoch {epoch}; lower train.lr")
         value.backward()
@@ -170,7 +182,9 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         torch.set_num_threads(tr["threads"])
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
-    pairs = training_pairs(split.train, model.max_len)
+    # optional too: "sequences" (every position of a user in one causal pass) or "prefixes" (RecBole's way)
+    prefixes = tr.get("samples", "sequences") == "prefixes"
+    pairs = (training_prefixes if prefixes else training_pairs)(split.train, model.max_len)
     if not pairs:
         raise P2RecError("no user has two or more training items: nothing to train on")
     select = ev["select_metric"]
@@ -213,7 +227,7 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         batches = make_batches(pairs, tr["batch_size"], np.random.default_rng([seed, epoch]), tr["bucket"])
         t0 = time.perf_counter()
         total, count = train_epoch(model, optimizer, pairs, batches, tr["loss"], tr["n_negatives"], device,
-                                   epoch=epoch + 1, precision=precision)
+                                   epoch=epoch + 1, precision=precision, last_only=prefixes)
         _sync(device)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()

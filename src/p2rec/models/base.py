@@ -42,6 +42,13 @@ class SequentialBackbone(nn.Module):
         t = seqs.shape[1]
         return torch.arange(t - 1, -1, -1, device=seqs.device)
 
+    @staticmethod
+    def position_ids_from_start(seqs: torch.Tensor) -> torch.Tensor:
+        """Positions counted from each row's first real item [B, T] (padding gets 0; it is zeroed anyway).
+        Left padding never shifts them either, and under causal attention the state at t then equals that
+        of the prefix ending at t fed on its own: training every position at once is prefix training."""
+        return ((seqs > 0).cumsum(1) - 1).clamp_min(0)
+
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -70,15 +70,22 @@ class SASRec(SequentialBackbone):
     defaults = {"num_layers": 2, "num_heads": 1, "dropout": 0.2}
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre"):
+                 dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre", positions: str = "from_end"):
         """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
         paper (RecBole's SASRec uses 256 = 4 x 64). ``norm``: "pre", the SASRec paper's layout (item embeddings
         scaled by sqrt(hidden), each sublayer fed a normalised input, a final norm); "post", the BERT layout
-        RecBole's SASRec uses (unscaled embeddings normalised once, each block's sum normalised, no final norm)."""
+        RecBole's SASRec uses (unscaled embeddings normalised once, each block's sum normalised, no final norm).
+        ``positions``: "from_end", counted back from the last input item (the authors' code: left padding to
+        a fixed length); "from_start", counted from the first (RecBole: right padding). Trained on every
+        position at once, "from_end" gives the query item position 0 only at a sequence's last position,
+        while evaluation always puts it there; "from_start" has no such train/test difference."""
         if norm not in ("pre", "post"):
             raise ValueError(f"sasrec norm must be 'pre' or 'post', got {norm!r}")
+        if positions not in ("from_end", "from_start"):
+            raise ValueError(f"sasrec positions must be 'from_end' or 'from_start', got {positions!r}")
         super().__init__(num_items, hidden, max_len)
         self.post = norm == "post"
+        self.positions_from_start = positions == "from_start"
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
         self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm) for _ in range(num_layers))
@@ -91,10 +98,11 @@ class SASRec(SequentialBackbone):
         padding)."""
         t = seqs.shape[1]
         real = seqs > 0
+        pos = self.pos_emb(self.position_ids_from_start(seqs) if self.positions_from_start else self.position_ids(seqs))
         if self.post:
-            x = self.emb_drop(self.final_norm(self.item_emb(seqs) + self.pos_emb(self.position_ids(seqs))))
+            x = self.emb_drop(self.final_norm(self.item_emb(seqs) + pos))
         else:
-            x = self.emb_drop(self.item_emb(seqs) * math.sqrt(self.hidden) + self.pos_emb(self.position_ids(seqs)))
+            x = self.emb_drop(self.item_emb(seqs) * math.sqrt(self.hidden) + pos)
         if bool(real.all()):
             return x, None, real, None  # no padding: nothing to zero
         keep = real.unsqueeze(-1).to(x.dtype)
