@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "prefix its own sample with the loss at its end (RecBole's way)")
     p.add_argument("--p2rec-only", action="store_true",
                    help="run p2rec alone (ablations of p2rec's side against RecBole rows measured before)")
+    p.add_argument("--recbole-results", nargs="+", default=[], metavar="JSON",
+                   help="result files of RecBole runs made before (recbole_worker.py's result.json, e.g. a run "
+                        "resumed to its end) used as those models' RecBole rows instead of training RecBole again")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
     p.add_argument("--work-dir", default=str(REPO / ".bench" / "recbole-work"))
     p.add_argument("--out-dir", default=str(REPO / "results" / "reproduction"))
@@ -267,6 +270,17 @@ def _loss_text(loss: str) -> str:
     return "one uniformly sampled negative per target (RecBole: BPR, pairwise; p2rec: bce, pointwise)"
 
 
+def _stored_lines(stored: dict[str, dict]) -> list[str]:
+    """Where RecBole rows that were not trained by this command come from."""
+    lines = []
+    for model, r in sorted(stored.items()):
+        resumed = r.get("resumed")
+        lines.append(f"RecBole {model}: not trained by this command; its row is `{r['source']}`"
+                     + (f" (a run resumed after epoch {resumed['epochs_done']}; sec_per_epoch and eval_sec are the "
+                        f"means over the {r.get('epochs_timed', '?')} epochs run after the resume)" if resumed else ""))
+    return lines
+
+
 def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_settings: dict) -> str:
     by = {(r["library"], r["model"], r["precision"]): r for r in rows}
     lines = [
@@ -305,10 +319,40 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
               ("p2rec model settings (module defaults, overridden by --model-override): " if args.model_override
                else "p2rec model settings (module defaults): ") +
               "; ".join(f"{m} {json.dumps(s, sort_keys=True)}" for m, s in p2rec_settings.items()),
+              *_stored_lines(getattr(args, "stored_recbole", {})),
               "", f"Command: `{args.command}`",
               "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()),
               "RecBole environment: " + ", ".join(f"{k} {v}" for k, v in recbole_env.items()), ""]
     return "\n".join(lines)
+
+
+def load_recbole_results(paths: list[str]) -> dict[str, dict]:
+    """Model name (ours) -> a stored RecBole result, checked like a fresh one (split identical user by user)."""
+    by_recbole_name = {name: model for model, (name, _) in RECBOLE_MODELS.items()}
+    stored = {}
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text(encoding="utf-8"))
+            if result.get("model") not in by_recbole_name:
+                raise P2RecError(f"--recbole-results: {path}: model {result.get('model')!r} is none of "
+                                 f"{sorted(by_recbole_name)}")
+            model = by_recbole_name[result["model"]]
+            for key in ("sec_per_epoch", "eval_sec", "test_eval_sec", "epochs", "best_epoch", "test",
+                        "training_samples", "split_check"):
+                result[key]  # noqa: B018 - each must be there
+        except FileNotFoundError:
+            raise P2RecError(f"--recbole-results: {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise P2RecError(f"--recbole-results: {path} is not JSON ({err})") from None
+        except KeyError as err:
+            raise P2RecError(f"--recbole-results: {path} has no {err} (not a recbole_worker.py result)") from None
+        for stage, check in result["split_check"].items():
+            if check["missing_users"] or check["target_mismatch"] or check["input_mismatch"]:
+                raise P2RecError(f"--recbole-results: {path}: RecBole's {stage} split differs from p2rec's: {check}")
+        if model in stored:
+            raise P2RecError(f"--recbole-results: two files for {result['model']} ({path})")
+        stored[model] = {**result, "source": str(path)}
+    return stored
 
 
 def write_outputs(rows: list[dict], args, recbole_env: dict, p2rec_settings: dict) -> str:
@@ -325,7 +369,9 @@ def main(argv=None) -> list[dict]:
     name = Path(args.data).parent.name or "dataset"
     name = "".join(c if c.isalnum() else "_" for c in name)
     started = time.perf_counter()
-    if not args.p2rec_only:
+    stored = load_recbole_results(args.recbole_results)  # read first: a bad file fails before any training
+    args.stored_recbole = {m: r for m, r in stored.items() if m in args.models and not args.p2rec_only}
+    if not args.p2rec_only and set(args.models) - set(stored):
         py = ensure_venv(Path(args.venv), args.python)
         _, expected = write_atomic_files(args.data, work, name)
     rows, recbole_env, p2rec_settings = [], {}, {}
@@ -339,7 +385,7 @@ def main(argv=None) -> list[dict]:
             md = write_outputs(rows, args, recbole_env, p2rec_settings)
         if args.p2rec_only:
             continue
-        rb = run_recbole(py, args, work, name, model, expected)
+        rb = stored.get(model) or run_recbole(py, args, work, name, model, expected)
         recbole_env = {"torch": rb["torch"], "torch_threads": rb["torch_threads"]}
         rows.append(_row("recbole", model, rb))
         print(f"{model}: RecBole {rb['sec_per_epoch']:.2f}s/epoch; p2rec " +

@@ -507,6 +507,34 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
     assert """--model-override '{"dropout": 0.45}'""" in md
 
 
+def test_recbole_bench_reuses_stored_recbole_results_and_refuses_bad_ones(tiny_data, tmp_path, monkeypatch):
+    bench = _script("bench_recbole")
+    monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: pytest.fail("venv built for stored results"))
+    monkeypatch.setattr(bench, "run_recbole", lambda *a: pytest.fail("RecBole retrained despite a stored result"))
+    clean = {"rows": 20, "missing_users": 0, "target_mismatch": 0, "input_mismatch": 0}
+    result = {"model": "GRU4Rec", "sec_per_epoch": 30.0, "eval_sec": 2.0, "test_eval_sec": 2.0, "epochs": 9,
+              "best_epoch": 4, "test": {"hit@10": 0.1, "ndcg@10": 0.05}, "training_samples": 40, "torch": "x",
+              "torch_threads": 1, "split_check": {"valid": clean, "test": clean},
+              "resumed": {"epochs_done": 5}, "epochs_timed": 4}
+    stored = tmp_path / "result.json"
+    stored.write_text(json.dumps(result), encoding="utf-8")
+    argv = ["--data", str(tiny_data), "--models", "gru4rec", "--max-epochs", "1", "--max-len", "6", "--hidden", "8",
+            "--batch-size", "8", "--threads", "1", "--samples", "prefixes", "--out-dir", str(tmp_path / "out")]
+    rows = bench.main([*argv, "--recbole-results", str(stored)])
+    assert [(r["library"], r["sec_per_epoch"], r["epochs"]) for r in rows][1] == ("recbole", 30.0, 9)
+    assert rows[0]["training_samples"] > 20  # prefix samples reached our trainer: more than one per user
+    md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
+    assert f"not trained by this command; its row is `{stored}`" in md and "resumed after epoch 5" in md
+    assert "p2rec also (train.samples: prefixes" in md
+    # a file whose split differs, or that is not a worker result, fails before any training, naming the file
+    for broken, match in (({**result, "split_check": {"test": {**clean, "target_mismatch": 3}}}, "split differs"),
+                          ({"model": "GRU4Rec"}, "has no 'sec_per_epoch'"), ({**result, "model": "BERT4Rec"}, "'BERT4Rec' is none of")):
+        stored.write_text(json.dumps(broken), encoding="utf-8")
+        with pytest.raises(P2RecError, match=match) as err:
+            bench.main([*argv, "--recbole-results", str(stored)])
+        assert str(stored) in str(err.value)
+
+
 def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():
     worker = _script("recbole_worker")
     scores = torch.tensor([[9.0, 5.0, 4.0, 3.0, 2.0],    # padding 0 and history {1} above the target 3
