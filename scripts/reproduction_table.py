@@ -6,7 +6,7 @@ Runs are grouped by dataset, backbone, loss and the kind of device each run's ti
 gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from different GPU models, listed in
 the machines column). A seed found in more than one folder (the same run made twice, e.g. by the workflow and by
 reproduce_grid) counts once: the folder given first wins, and the others are named on stderr. Writes <out>.md
-and <out>.csv with the columns dataset, backbone, loss, device, seeds, hr@10, ndcg@10, hr@10_std,
+and <out>.csv with the columns dataset, backbone, loss, samples, device, seeds, hr@10, ndcg@10, hr@10_std,
 ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10, ratio_ndcg@10.
 
     python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
@@ -33,7 +33,10 @@ def collect(loss: str, root: Path) -> list[dict]:
         dataset, backbone = metrics_path.parts[-5], metrics_path.parts[-4]
         timing = json.loads((metrics_path.parent / "timing.json").read_text())
         gpu = timing.get("gpu")
-        rows.append({"dataset": dataset, "backbone": backbone, "loss": loss, "device": "gpu" if gpu else "cpu",
+        config_path = metrics_path.parent / "config.json"
+        train = json.loads(config_path.read_text()).get("train", {}) if config_path.exists() else {}
+        rows.append({"dataset": dataset, "backbone": backbone, "loss": loss,
+                     "samples": train.get("samples", "sequences"), "device": "gpu" if gpu else "cpu",
                      "device_name": gpu or f"cpu ({timing.get('machine', '?')})", "seed": metrics["seed"],
                      "hr@10": metrics["test"]["hr@10"], "ndcg@10": metrics["test"]["ndcg@10"],
                      "epochs": metrics["epochs"], "threads": timing.get("torch_threads"),
@@ -55,18 +58,19 @@ def main() -> None:
     runs = pd.DataFrame(rows)
     runs = runs[runs["dataset"].isin(args.datasets)]
     # a seed counted twice would shrink the std and inflate the seed count
-    cell_seed = ["dataset", "backbone", "loss", "device", "seed"]
+    cell = ["dataset", "backbone", "loss", "samples", "device"]
+    cell_seed = [*cell, "seed"]
     repeated = runs.duplicated(cell_seed, keep="first")
     for _, row in runs[repeated].iterrows():
         kept = runs[~repeated].set_index(cell_seed).loc[tuple(row[cell_seed]), "path"]
         print(f"reproduction_table: {row['path']} repeats the seed of {kept}; counted once (the first)",
               file=sys.stderr)
     runs = runs[~repeated]
-    grouped = runs.groupby(["dataset", "backbone", "loss", "device"])
+    grouped = runs.groupby(cell)
     table = grouped[["hr@10", "ndcg@10"]].agg(["mean", "std"])
     table.columns = [m if stat == "mean" else f"{m}_std" for m, stat in table.columns]
     table = table.reset_index()
-    table.insert(4, "seeds", grouped.size().values)
+    table.insert(len(cell), "seeds", grouped.size().values)
     table["epochs"] = grouped["epochs"].mean().values
     # which machines a cell's seeds ran on, e.g. "NVIDIA H200 x1, NVIDIA H100 80GB HBM3 x2"
     table["machines"] = grouped["device_name"].agg(
@@ -89,6 +93,8 @@ def main() -> None:
     cpu_threads = " or ".join(str(t) for t in sorted(cpu["threads"].dropna().astype(int).unique())) or "?"
     caption = (f"Test HR@10 / NDCG@10, full ranking over all items, history masked, mean (std) over seeds; "
                f"ratio = ours / published; std empty for one seed; epochs = mean epochs run (early stopping). "
+               f"samples: the runs' train.samples (sequences: every position of a user's sequence in one causal "
+               f"pass, the suite's default; prefixes: each prefix its own sample, as RecBole trains). "
                f"Device: the kind each run's timing.json records (cpu: {cpu_threads} torch thread(s) on the {platform.machine()} 2-core "
                f"development machine; gpu: several runs at once on one GPU via scripts/reproduce_grid.py; machines: "
                f"which GPU ran how many of the cell's seeds). "

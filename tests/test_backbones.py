@@ -646,6 +646,14 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
     table.main()
     rows = pd.read_csv(out.with_suffix(".csv")).set_index("device")
     assert rows.loc["gpu", "seeds"] == 2 and rows.loc["gpu", "hr@10"] == pytest.approx(0.03)
+    # runs trained on prefix samples (their config.json says so) are a cell of their own
+    (again / "config.json").write_text(json.dumps({"train": {"samples": "prefixes", "loss": "bce"}}))
+    table.main()
+    rows = pd.read_csv(out.with_suffix(".csv")).set_index(["device", "samples"])
+    assert rows.loc[("gpu", "sequences"), "seeds"] == 2 and rows.loc[("gpu", "prefixes"), "seeds"] == 1
+    assert rows.loc[("gpu", "prefixes"), "hr@10"] == pytest.approx(0.9)
+    header = out.with_suffix(".csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["dataset", "backbone", "loss", "samples", "device", "seeds"]
 
 
 def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
