@@ -78,12 +78,12 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
     last pair only (prefix samples, :func:`training_prefixes`)."""
     seqs = pad_left(batch, model.max_len + 1).to(device)
     inputs, targets = seqs[:, :-1], seqs[:, 1:]
-    hidden = model(inputs)
-    valid = targets > 0
-    if last_only:
-        valid = valid & (torch.arange(valid.shape[1], device=device) == valid.shape[1] - 1)
-    h = hidden[valid]  # [P, d] one row per real (input prefix, next item) pair
-    y = targets[valid]
+    if last_only:  # the backbone's shortcut: only the last position's state is computed in full
+        h, y = model.hidden_last(inputs), targets[:, -1]
+    else:
+        valid = targets > 0
+        h = model(inputs)[valid]  # [P, d] one row per real (input prefix, next item) pair
+        y = targets[valid]
     table = model.item_table()
     if loss == "ce":
         return chunked_softmax_ce(h, table, y, precision=precision)

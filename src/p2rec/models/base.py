@@ -55,10 +55,14 @@ class SequentialBackbone(nn.Module):
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight
 
+    def hidden_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The hidden state at the last position [B, d] (a real item in every caller's input). A backbone
+        may shortcut it (compute only what that position needs); it must equal ``forward(seqs)[:, -1]``."""
+        return self.forward(seqs)[:, -1, :]
+
     def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
         """Scores of every item after the last position: [B, num_items + 1]."""
-        hidden = self.forward(seqs)[:, -1, :]
-        return hidden @ self.item_table().T
+        return self.hidden_last(seqs) @ self.item_table().T
 
     def load_item_table(self, table: np.ndarray, source: str = "item table") -> None:
         """Initialise the item table from an external [num_items + 1, hidden] array (row 0 = padding)."""

@@ -67,6 +67,6 @@ class Caser(SequentialBackbone):
         z = F.relu(self.fc1(self.drop(torch.cat(parts, -1))))
         return self.fc2(z)
 
-    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
+    def hidden_last(self, seqs: torch.Tensor) -> torch.Tensor:
         """The last position reads only the last ``window`` items: encode just that window."""
-        return super().score_last(seqs[:, -self.window:])
+        return super().hidden_last(seqs[:, -self.window:])

@@ -81,10 +81,9 @@ class FMLPRec(SequentialBackbone):
             x = block(x, keep)
         return x
 
-    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Scores after the last position (a real item in every evaluation input); the last block computes
-        that position only."""
+    def hidden_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The last block computes the last position only."""
         x, keep = self._embed(seqs[:, -self.max_len:])
         for block in self.blocks[:-1]:
             x = block(x, keep)
-        return self.blocks[-1].forward_last(x)[:, 0] @ self.item_table().T
+        return self.blocks[-1].forward_last(x)[:, 0]

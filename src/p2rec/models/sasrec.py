@@ -118,13 +118,11 @@ class SASRec(SequentialBackbone):
             x = block(x, keep, mask)
         return x if self.post else self.final_norm(x)
 
-    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Scores after the last position; the last block computes only the last query (its only use here).
-        The last position is a real item in every evaluation input (inputs are left-padded, never empty)."""
+    def hidden_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The last block computes only the last query (scoring and prefix samples need no other)."""
         x, keep, real, mask = self._embed(seqs[:, -self.max_len:])
         for block in self.blocks[:-1]:
             x = block(x, keep, mask)
         key_mask = None if mask is None else real[:, None, None, :]
         last = self.blocks[-1].forward_last(x, key_mask)
-        hidden = (last if self.post else self.final_norm(last))[:, 0]
-        return hidden @ self.item_table().T
+        return (last if self.post else self.final_norm(last))[:, 0]
