@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("recbole_worker.py")
 PINS = ["recbole==1.2.1", "torch==2.13.0", "numpy<2", "pandas<3", "setuptools<81"]
 COLUMNS = ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10", "ndcg@10",
-           "training_samples", "test_eval_sec", "precision", "hr@10_masked", "ndcg@10_masked"]
+           "training_samples", "test_eval_sec", "precision", "samples", "hr@10_masked", "ndcg@10_masked"]
 # RecBole model name and its model-specific settings; unspecified ones keep RecBole's defaults
 RECBOLE_MODELS = {
     "sasrec": ("SASRec", {"n_layers": 2, "n_heads": 1, "inner_size": 256, "hidden_dropout_prob": 0.5,
@@ -83,9 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-override", type=json.loads, default={},
                    help="JSON merged into p2rec's backbone parameters, e.g. '{\"dropout\": 0.5}' (RecBole's SASRec "
                         "dropout); RecBole's settings never change")
-    p.add_argument("--samples", default="sequences", choices=["sequences", "prefixes"],
-                   help="p2rec's train.samples: every position of a user's sequence in one causal pass, or each "
-                        "prefix its own sample with the loss at its end (RecBole's way)")
+    p.add_argument("--samples", nargs="+", default=["sequences"], choices=["sequences", "prefixes"],
+                   help="p2rec's train.samples values, one p2rec run each (per precision): every position of a "
+                        "user's sequence in one causal pass, or each prefix its own sample with the loss at its "
+                        "end (RecBole's way)")
     p.add_argument("--p2rec-only", action="store_true",
                    help="run p2rec alone (ablations of p2rec's side against RecBole rows measured before)")
     p.add_argument("--recbole-results", nargs="+", default=[], metavar="JSON",
@@ -216,7 +217,7 @@ def run_recbole(py: Path, args, work: Path, name: str, model: str, expected: Pat
 
 # ------------------------------------------------------------------ p2rec
 
-def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
+def run_p2rec(args, model: str, precision: str = "fp32", samples: str = "sequences") -> dict:
     config = validate_config({
         "catalog": {"bench": {"source": "sequences", "file": str(args.data)}}, "datasets": ["bench"],
         "backbones": [model], "variant_catalog": {"none": {"item_init": None}}, "variants": ["none"],
@@ -224,7 +225,7 @@ def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
         "train": {"max_len": args.max_len, "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr,
                   "epochs": args.max_epochs, "patience": args.patience, "loss": LOSSES[args.loss][1],
                   "eval_batch_size": args.eval_batch_size, "device": args.device, "threads": args.threads,
-                  "precision": precision, **({"samples": args.samples} if args.samples != "sequences" else {})},
+                  "precision": precision, **({"samples": samples} if samples != "sequences" else {})},
         "eval": {"ks": [10], "mask_history": bool(args.mask_history), "select_metric": "ndcg@10"},
     })
     settings = train_settings(config, "bench", model)
@@ -232,7 +233,7 @@ def run_p2rec(args, model: str, precision: str = "fp32") -> dict:
     split = leave_one_out(data)
     seed_everything(args.seed)
     backbone = build_backbone(model, data.num_items, args.hidden, args.max_len, **settings["model"])
-    print(f"p2rec {model} ({precision}): training", file=sys.stderr, flush=True)
+    print(f"p2rec {model} ({precision}, {samples}): training", file=sys.stderr, flush=True)
     res = train_backbone(backbone, split, settings, args.seed, progress=False)
     # the same selected model tested again with seen items masked (the suite's protocol), as RecBole's is
     backbone.eval()
@@ -253,13 +254,14 @@ def _hr10(test: dict) -> float:
     return test.get("hr@10", test.get("hit@10", float("nan")))  # RecBole names it hit@10
 
 
-def _row(library: str, model: str, r: dict, precision: str = "fp32") -> dict:
+def _row(library: str, model: str, r: dict, precision: str = "fp32", samples: str = "prefixes") -> dict:
+    """``samples``: how the library trained (RecBole always on prefixes)."""
     test, masked = r["test"], r.get("test_masked")
     return {"library": library, "model": model, "sec_per_epoch": round(r["sec_per_epoch"], 3),
             "eval_sec": round(r["eval_sec"], 3), "epochs": r["epochs"], "best_epoch": r["best_epoch"],
             "hr@10": round(_hr10(test), 4),
             "ndcg@10": round(test["ndcg@10"], 4), "training_samples": r["training_samples"],
-            "test_eval_sec": round(r["test_eval_sec"], 3), "precision": precision,
+            "test_eval_sec": round(r["test_eval_sec"], 3), "precision": precision, "samples": samples,
             "hr@10_masked": round(_hr10(masked), 4) if masked else "",
             "ndcg@10_masked": round(masked["ndcg@10"], 4) if masked else ""}
 
@@ -282,7 +284,7 @@ def _stored_lines(stored: dict[str, dict]) -> list[str]:
 
 
 def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_settings: dict) -> str:
-    by = {(r["library"], r["model"], r["precision"]): r for r in rows}
+    by = {(r["library"], r["model"], r["precision"], r["samples"]): r for r in rows}
     lines = [
         f"# p2rec vs RecBole 1.2.1 on `{args.data}`",
         "",
@@ -297,23 +299,28 @@ def to_markdown(rows: list[dict], args, env: dict, recbole_env: dict, p2rec_sett
         + (f"precision: the dtype of p2rec's cross-entropy matrix products (train.precision; RecBole: fp32). "
            if args.precisions != ["fp32"] else "")
         + f"sec_per_epoch = mean training seconds per epoch; eval_sec = mean seconds per validation pass; epochs = "
-        f"epochs run (best_epoch = the one selected). RecBole trains one sample per prefix, p2rec "
-        + ("also (train.samples: prefixes" if args.samples == "prefixes"
-           else "every position of a user's sequence in one causal pass (")
-        + f"training_samples). hr@10_masked, ndcg@10_masked: the same "
+        f"epochs run (best_epoch = the one selected). samples: how a row trained (training_samples of them per "
+        f"epoch): sequences = every position of a user's sequence in one causal pass (p2rec's default), "
+        f"prefixes = one sample per (prefix -> next item) pair, loss at its end (RecBole; p2rec's train.samples: "
+        f"prefixes). hr@10_masked, ndcg@10_masked: the same "
         f"selected model tested with each user's seen items masked, as the suite's protocol does (both libraries).",
         "",
         *markdown_rows(rows, COLUMNS),
     ]
-    lines += ["", "Ratios (RecBole / p2rec; NDCG@10 as p2rec - RecBole):", "",
-              "| model | p2rec precision | epoch speed-up | evaluation speed-up | NDCG@10 difference |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Ratios (RecBole / p2rec; NDCG@10 as p2rec - RecBole; to the selected epoch = sec_per_epoch x "
+              "best_epoch, the training time the selected model cost):", "",
+              "| model | p2rec precision | p2rec samples | epoch speed-up | speed-up to the selected epoch | "
+              "evaluation speed-up | NDCG@10 difference |",
+              "|---|---|---|---|---|---|---|"]
     for model in args.models:
         for precision in args.precisions:
-            p, r = by.get(("p2rec", model, precision)), by.get(("recbole", model, "fp32"))
-            if p and r:
-                lines.append(f"| {model} | {precision} | {r['sec_per_epoch'] / max(p['sec_per_epoch'], 1e-9):.1f}x | "
-                             f"{r['eval_sec'] / max(p['eval_sec'], 1e-9):.1f}x | {p['ndcg@10'] - r['ndcg@10']:+.4f} |")
+            for samples in args.samples:
+                p, r = by.get(("p2rec", model, precision, samples)), by.get(("recbole", model, "fp32", "prefixes"))
+                if p and r:
+                    to_best = (r["sec_per_epoch"] * r["best_epoch"]) / max(p["sec_per_epoch"] * p["best_epoch"], 1e-9)
+                    lines.append(f"| {model} | {precision} | {samples} | "
+                                 f"{r['sec_per_epoch'] / max(p['sec_per_epoch'], 1e-9):.1f}x | {to_best:.1f}x | "
+                                 f"{r['eval_sec'] / max(p['eval_sec'], 1e-9):.1f}x | {p['ndcg@10'] - r['ndcg@10']:+.4f} |")
     recbole_settings = (f"{RECBOLE_MODELS[m][0]} {json.dumps(RECBOLE_MODELS[m][1], sort_keys=True)}" for m in args.models)
     lines += ["", "RecBole model settings (others at RecBole's defaults): " + "; ".join(recbole_settings),
               ("p2rec model settings (module defaults, overridden by --model-override): " if args.model_override
@@ -379,17 +386,18 @@ def main(argv=None) -> list[dict]:
         # ours first (minutes), RecBole after (hours for SASRec); the outputs are rewritten after every run,
         # so a comparison stopped part-way keeps what it has finished
         for precision in args.precisions:
-            ours = run_p2rec(args, model, precision)
-            p2rec_settings[model] = ours["settings"]["model"]
-            rows.append(_row("p2rec", model, ours, precision))
-            md = write_outputs(rows, args, recbole_env, p2rec_settings)
+            for samples in args.samples:
+                ours = run_p2rec(args, model, precision, samples)
+                p2rec_settings[model] = ours["settings"]["model"]
+                rows.append(_row("p2rec", model, ours, precision, samples))
+                md = write_outputs(rows, args, recbole_env, p2rec_settings)
         if args.p2rec_only:
             continue
         rb = stored.get(model) or run_recbole(py, args, work, name, model, expected)
         recbole_env = {"torch": rb["torch"], "torch_threads": rb["torch_threads"]}
         rows.append(_row("recbole", model, rb))
         print(f"{model}: RecBole {rb['sec_per_epoch']:.2f}s/epoch; p2rec " +
-              ", ".join(f"{r['sec_per_epoch']:.2f}s/epoch ({r['precision']})" for r in rows
+              ", ".join(f"{r['sec_per_epoch']:.2f}s/epoch ({r['precision']}, {r['samples']})" for r in rows
                         if r["library"] == "p2rec" and r["model"] == model), file=sys.stderr, flush=True)
         md = write_outputs(rows, args, recbole_env, p2rec_settings)
     print(md)

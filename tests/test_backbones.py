@@ -493,7 +493,7 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
     bench.main(argv)
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert "| gru4rec | fp32 |" in md and "| gru4rec | bf16 |" in md and "| recbole | gru4rec |" in md
-    assert "| fp32 | 0.2 | 0.07 |" in md  # RecBole's row with its masked test
+    assert "| fp32 | prefixes | 0.2 | 0.07 |" in md  # RecBole's row (it trains on prefixes) with its masked test
     # --p2rec-only: RecBole neither installed nor run; --model-override reaches our backbone and the report
     monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: pytest.fail("venv built for --p2rec-only"))
     calls.clear()
@@ -519,13 +519,17 @@ def test_recbole_bench_reuses_stored_recbole_results_and_refuses_bad_ones(tiny_d
     stored = tmp_path / "result.json"
     stored.write_text(json.dumps(result), encoding="utf-8")
     argv = ["--data", str(tiny_data), "--models", "gru4rec", "--max-epochs", "1", "--max-len", "6", "--hidden", "8",
-            "--batch-size", "8", "--threads", "1", "--samples", "prefixes", "--out-dir", str(tmp_path / "out")]
+            "--batch-size", "8", "--threads", "1", "--samples", "sequences", "prefixes",
+            "--out-dir", str(tmp_path / "out")]
     rows = bench.main([*argv, "--recbole-results", str(stored)])
-    assert [(r["library"], r["sec_per_epoch"], r["epochs"]) for r in rows][1] == ("recbole", 30.0, 9)
-    assert rows[0]["training_samples"] > 20  # prefix samples reached our trainer: more than one per user
+    assert [(r["library"], r["samples"]) for r in rows] == [("p2rec", "sequences"), ("p2rec", "prefixes"),
+                                                            ("recbole", "prefixes")]
+    assert (rows[2]["sec_per_epoch"], rows[2]["epochs"]) == (30.0, 9)
+    # one sample per user, or more: prefix samples reached our trainer
+    assert rows[0]["training_samples"] == 20 < rows[1]["training_samples"]
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert f"not trained by this command; its row is `{stored}`" in md and "resumed after epoch 5" in md
-    assert "p2rec also (train.samples: prefixes" in md
+    assert "| gru4rec | fp32 | prefixes | " in md and "| gru4rec | fp32 | sequences | " in md  # both in the ratios
     # a file whose split differs, or that is not a worker result, fails before any training, naming the file
     for broken, match in (({**result, "split_check": {"test": {**clean, "target_mismatch": 3}}}, "split differs"),
                           ({"model": "GRU4Rec"}, "has no 'sec_per_epoch'"), ({**result, "model": "BERT4Rec"}, "'BERT4Rec' is none of")):
