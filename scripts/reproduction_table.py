@@ -11,6 +11,7 @@ ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10, 
 
     python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
         --runs bce=results/reproduction/runs-h200/bce --runs ce=results/reproduction/runs-h200/ce \
+        --runs bce=results/reproduction/runs-prefixes/bce --runs bpr=results/reproduction/runs-prefixes/bpr \
         --out results/reproduction/table
 """
 from __future__ import annotations
