@@ -321,6 +321,27 @@ def test_every_loss_runs_and_decreases(name, loss):
     assert after < 0.85 * before, f"{name}/{loss}: loss {before:.4f} -> {after:.4f}"
 
 
+def test_sasrec_shortcut_keeps_attention_dropout_in_training(monkeypatch):
+    """Prefix samples train through ``hidden_last``: its last block must drop attention as ``forward`` does."""
+    import p2rec.models.sasrec as sasrec_module
+
+    seen = []
+    real = sasrec_module.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("dropout_p", 0.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sasrec_module.F, "scaled_dot_product_attention", spy)
+    model = _model("sasrec", dropout=0.3)
+    seqs = _random_items((2, 6), seed=2)
+    model.train().hidden_last(seqs)
+    assert seen == [0.3] * len(model.blocks)
+    seen.clear()
+    model.eval().hidden_last(seqs)
+    assert seen == [0.0] * len(model.blocks)
+
+
 def test_prefix_samples_are_every_training_pair_ending_with_its_target():
     train = [np.array([5, 6, 7, 8, 9]), np.array([3]), np.array([1, 2])]
     samples = training_prefixes(train, max_len=2)

@@ -56,13 +56,15 @@ class _Block(nn.Module):
         return out if keep is None else out * keep  # keep = None: no padding to zero
 
     def forward_last(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """Output at the last position only (inference): keys and values for every position, one query."""
+        """Output at the last position only (scoring, prefix samples): keys and values for every position, one
+        query; in training with the same attention dropout as :meth:`forward`."""
         d = x.shape[-1]
         q_in = x if self.post else self.norm_attn(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
         k, v = (self._heads(z) for z in F.linear(q_in, w[d:], bias[d:]).split(d, -1))
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                              dropout_p=self.attn_dropout if self.training else 0.0)
         return self._finish(q_in[:, -1:], attn)
 
 
