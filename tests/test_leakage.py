@@ -114,6 +114,31 @@ def test_training_batches_hold_training_prefixes_only(base, monkeypatch):
     assert not {tuple(s[-(SETTINGS["train"]["max_len"] + 1):].tolist()) for s in data.sequences} <= windows
 
 
+def test_prefix_samples_are_windows_of_the_training_prefix_only(base, monkeypatch):
+    """``train.samples: prefixes``: every sample fed to the model is a contiguous piece of a user's training
+    items (never a validation or test item), and every training pair is fed once per epoch."""
+    data = with_held_out(base, 0, 0)
+    split = leave_one_out(data)
+    settings = {**SETTINGS, "train": {**SETTINGS["train"], "samples": "prefixes", "epochs": 1}}
+    max_len = settings["train"]["max_len"]
+    pieces = {tuple(s[:-2][i:j].tolist()) for s in data.sequences for i in range(len(s) - 2)
+              for j in range(i + 2, min(len(s) - 2, i + max_len + 1) + 1)}
+    seen = []
+    real = training.loss_on_batch
+
+    def spy(model, batch, *args, **kwargs):
+        assert kwargs.get("last_only", args[4] if len(args) > 4 else False)  # the loss at each sample's end
+        seen.extend(tuple(np.asarray(b).tolist()) for b in batch)
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(training, "loss_on_batch", spy)
+    training.seed_everything(1)
+    model = build_backbone("sasrec", data.num_items, 16, max_len, **settings["model"])
+    training.train_backbone(model, split, settings, 1, progress=False)
+    assert seen and set(seen) <= pieces
+    assert len(seen) == sum(len(s) - 3 for s in data.sequences if len(s) >= 4)  # one per (prefix -> item) pair
+
+
 def test_test_items_influence_only_the_test_metrics(base, monkeypatch):
     a, _, model_a = train(with_held_out(base, 0, 0), monkeypatch)
     b, _, model_b = train(with_held_out(base, 0, 13), monkeypatch)

@@ -1,5 +1,6 @@
-"""Backbone training: every position of a sequence in one causal pass, early stopping on validation,
-one test evaluation with the best-validation weights, and resumable checkpoints.
+"""Backbone training: every position of a sequence in one causal pass (or, with ``train.samples: prefixes``,
+every prefix as its own sample), early stopping on validation, one test evaluation with the
+best-validation weights, and resumable checkpoints.
 
 Randomness is re-seeded from (seed, epoch) at the start of every epoch, so a run resumed from a
 checkpoint continues exactly as the uninterrupted run would have.
@@ -271,7 +272,7 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         "seconds_per_epoch": state["train_seconds"] / max(epochs, 1),
         "eval_seconds_per_pass": state["eval_seconds"] / max(epochs, 1),
         "test_eval_seconds": test_eval_s,
-        "training_sequences": len(pairs),
+        "training_sequences": len(pairs),  # samples per epoch: users, or (prefix -> item) pairs
         "device": str(device),
         **resumed,
         **environment(device),
