@@ -209,10 +209,15 @@ def run_recbole(py: Path, args, work: Path, name: str, model: str, expected: Pat
         tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-25:])
         raise P2RecError(f"RecBole {job['model']} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
     result = json.loads(result_path.read_text(encoding="utf-8"))
+    check_split(result, f"on {args.data}")
+    return result
+
+
+def check_split(result: dict, where: str) -> None:
+    """Stop unless the worker found RecBole's validation and test rows identical to p2rec's, user by user."""
     for stage, check in result["split_check"].items():
         if check["missing_users"] or check["target_mismatch"] or check["input_mismatch"]:
-            raise P2RecError(f"RecBole's {stage} split differs from p2rec's on {args.data}: {check}")
-    return result
+            raise P2RecError(f"RecBole's {stage} split differs from p2rec's {where}: {check}")
 
 
 # ------------------------------------------------------------------ p2rec
@@ -254,7 +259,7 @@ def _hr10(test: dict) -> float:
     return test.get("hr@10", test.get("hit@10", float("nan")))  # RecBole names it hit@10
 
 
-def _row(library: str, model: str, r: dict, precision: str = "fp32", samples: str = "prefixes") -> dict:
+def _row(library: str, model: str, r: dict, precision: str, samples: str) -> dict:
     """``samples``: how the library trained (RecBole always on prefixes)."""
     test, masked = r["test"], r.get("test_masked")
     return {"library": library, "model": model, "sec_per_epoch": round(r["sec_per_epoch"], 3),
@@ -340,22 +345,19 @@ def load_recbole_results(paths: list[str]) -> dict[str, dict]:
     for path in paths:
         try:
             result = json.loads(Path(path).read_text(encoding="utf-8"))
-            if result.get("model") not in by_recbole_name:
-                raise P2RecError(f"--recbole-results: {path}: model {result.get('model')!r} is none of "
-                                 f"{sorted(by_recbole_name)}")
-            model = by_recbole_name[result["model"]]
-            for key in ("sec_per_epoch", "eval_sec", "test_eval_sec", "epochs", "best_epoch", "test",
-                        "training_samples", "split_check"):
-                result[key]  # noqa: B018 - each must be there
         except FileNotFoundError:
             raise P2RecError(f"--recbole-results: {path} does not exist") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise P2RecError(f"--recbole-results: {path} is not JSON ({err})") from None
-        except KeyError as err:
-            raise P2RecError(f"--recbole-results: {path} has no {err} (not a recbole_worker.py result)") from None
-        for stage, check in result["split_check"].items():
-            if check["missing_users"] or check["target_mismatch"] or check["input_mismatch"]:
-                raise P2RecError(f"--recbole-results: {path}: RecBole's {stage} split differs from p2rec's: {check}")
+        if not isinstance(result, dict) or result.get("model") not in by_recbole_name:
+            name = result.get("model") if isinstance(result, dict) else None
+            raise P2RecError(f"--recbole-results: {path}: model {name!r} is none of {sorted(by_recbole_name)}")
+        missing = [key for key in ("sec_per_epoch", "eval_sec", "test_eval_sec", "epochs", "best_epoch", "test",
+                                   "training_samples", "split_check") if key not in result]
+        if missing:
+            raise P2RecError(f"--recbole-results: {path} has no {missing[0]!r} (not a recbole_worker.py result)")
+        model = by_recbole_name[result["model"]]
+        check_split(result, f"in --recbole-results {path}")
         if model in stored:
             raise P2RecError(f"--recbole-results: two files for {result['model']} ({path})")
         stored[model] = {**result, "source": str(path)}
@@ -395,7 +397,7 @@ def main(argv=None) -> list[dict]:
             continue
         rb = stored.get(model) or run_recbole(py, args, work, name, model, expected)
         recbole_env = {"torch": rb["torch"], "torch_threads": rb["torch_threads"]}
-        rows.append(_row("recbole", model, rb))
+        rows.append(_row("recbole", model, rb, "fp32", "prefixes"))
         print(f"{model}: RecBole {rb['sec_per_epoch']:.2f}s/epoch; p2rec " +
               ", ".join(f"{r['sec_per_epoch']:.2f}s/epoch ({r['precision']}, {r['samples']})" for r in rows
                         if r["library"] == "p2rec" and r["model"] == model), file=sys.stderr, flush=True)

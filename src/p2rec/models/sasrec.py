@@ -87,7 +87,7 @@ class SASRec(SequentialBackbone):
             raise ValueError(f"sasrec positions must be 'from_end' or 'from_start', got {positions!r}")
         super().__init__(num_items, hidden, max_len)
         self.post = norm == "post"
-        self.positions_from_start = positions == "from_start"
+        self._positions = self.position_ids_from_start if positions == "from_start" else self.position_ids
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
         self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm) for _ in range(num_layers))
@@ -100,7 +100,7 @@ class SASRec(SequentialBackbone):
         padding)."""
         t = seqs.shape[1]
         real = seqs > 0
-        pos = self.pos_emb(self.position_ids_from_start(seqs) if self.positions_from_start else self.position_ids(seqs))
+        pos = self.pos_emb(self._positions(seqs))
         if self.post:
             x = self.emb_drop(self.final_norm(self.item_emb(seqs) + pos))
         else:
