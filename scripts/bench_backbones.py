@@ -33,7 +33,8 @@ from p2rec.io import markdown_rows, write_table_files
 from p2rec.losses import PRECISIONS
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import environment, make_batches, train_epoch, resolve_device, seed_everything, training_pairs
+from p2rec.training import (environment, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch,
+                            training_pairs)
 
 COLUMNS = ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_eval_sec", "users_per_sec",
            "users", "training_sequences", "max_len", "repeats"]
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         for precision in args.precisions:
             seed_everything(args.seed)
             model = build_backbone(name, data.num_items, args.hidden, args.max_len).to(device)
-            setups[name, precision] = (model, torch.optim.Adam(model.parameters(), lr=args.lr),
+            setups[name, precision] = (model, make_optimizer(model, args.lr, 0.0, device),
                                        np.random.default_rng(args.seed))
     times = {key: {"train": [], "valid": [], "test": [], "generic": [], "rank_agreement": []} for key in setups}
     for rep in range(args.repeat):

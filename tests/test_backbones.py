@@ -601,6 +601,40 @@ def test_chunked_cross_entropy_matches_plain_cross_entropy(chunk):
     assert ce_chunk_rows(10 ** 9, "cuda") == 64
 
 
+def test_cross_entropy_survives_an_underflowing_target_and_runs_without_gradients():
+    from p2rec.losses import chunked_softmax_ce
+
+    # row 0's target is ~200 logits below the best class: its probability underflows to 0 in float32, so
+    # its log-sum-exp is computed in full instead of from the target's probability
+    hidden = torch.tensor([[1.0, 0.0], [0.3, -0.2], [0.0, 1.0]], requires_grad=True)
+    table = torch.tensor([[0.0, 0.0], [200.0, 0.0], [0.0, 0.0], [1.0, 2.0]], requires_grad=True)
+    targets = torch.tensor([2, 3, 1])
+    logits = hidden @ table.T
+    logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1)
+    assert torch.softmax(logits, 1)[0, 2].item() == 0.0  # the case under test
+    plain = torch.nn.functional.cross_entropy(logits, targets)
+    plain_grads = torch.autograd.grad(plain, (hidden, table))
+    for chunk in (1, 2, 64):
+        ours = chunked_softmax_ce(hidden, table, targets, chunk)
+        assert torch.isfinite(ours) and torch.allclose(ours, plain)
+        assert all(torch.allclose(a, b) for a, b in zip(torch.autograd.grad(ours, (hidden, table)), plain_grads))
+    with torch.no_grad():  # no gradient wanted: the same loss, no gradient work
+        assert torch.allclose(chunked_softmax_ce(hidden, table, targets, 2), plain.detach())
+
+
+def test_optimizer_is_adam_fused_on_cpu():
+    from p2rec.training import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"))
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is True
+    # and it trains: one step moves the weights against the gradient
+    before = model.weight.detach().clone()
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert torch.all((model.weight.detach() - before) * model.weight.grad < 0)
+
+
 def test_bf16_cross_entropy_stays_close_to_full_precision():
     from p2rec.losses import chunked_softmax_ce
 

@@ -73,6 +73,13 @@ def make_batches(pairs: list[np.ndarray], batch_size: int, rng: np.random.Genera
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """Adam; on a CPU or GPU the fused kernel, one pass over every parameter instead of one per operation
+    (on Beauty with prefix samples the optimiser step took 0.9 s of an epoch, fused 0.25 s)."""
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,
                   device: torch.device, precision: str = "fp32", last_only: bool = False) -> torch.Tensor:
     """Loss over every real (input prefix -> next item) pair of the batch; ``last_only``: over each row's
@@ -182,7 +189,7 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
     if tr.get("threads"):
         torch.set_num_threads(tr["threads"])
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+    optimizer = make_optimizer(model, tr["lr"], tr["weight_decay"], device)
     # optional too: "sequences" (every position of a user in one causal pass) or "prefixes" (RecBole's way)
     prefixes = tr.get("samples", "sequences") == "prefixes"
     pairs = (training_prefixes if prefixes else training_pairs)(split.train, model.max_len)
