@@ -635,6 +635,31 @@ def test_optimizer_is_adam_fused_on_cpu():
     assert torch.all((model.weight.detach() - before) * model.weight.grad < 0)
 
 
+def test_cross_entropy_benchmark_times_three_agreeing_ways(tmp_path):
+    bench = _script("bench_cross_entropy")
+    assert bench.main(["--items", "40", "--rows", "30", "--hidden", "8", "--precisions", "fp32", "--repeat", "1",
+                       "--out", str(tmp_path / "ce")]) == 0
+    import csv
+
+    (row,) = list(csv.DictReader(open(tmp_path / "ce.csv")))
+    assert all(float(row[f"{way}_ms"]) > 0 for way in ("autograd", "recompute", "fused"))
+    assert float(row["max_rel_grad_diff"]) < 1e-5  # the three compute the same gradients
+    assert "Command: `python scripts/bench_cross_entropy.py --items 40" in (tmp_path / "ce.md").read_text()
+
+
+@pytest.mark.parametrize("samples", ["sequences", "prefixes"])
+def test_epoch_profile_splits_an_epoch_into_parts(tiny_data, capsys, samples):
+    prof = _script("profile_epoch")
+    assert prof.main(["--data", str(tiny_data), "--backbone", "gru4rec", "--samples", samples, "--batches", "1",
+                      "--batch-size", "4", "--hidden", "8", "--max-len", "6"]) == 0
+    row = dict(kv.split("=") for kv in capsys.readouterr().out.splitlines()[0].split())
+    parts = ["encoder_forward_s", "ce_forward_s", "backward_s", "optimizer_s"]
+    assert row["samples"] == samples and all(float(row[k]) >= 0 for k in parts + ["ce_alone_s"])
+    assert abs(sum(float(row[k]) for k in parts) - float(row["epoch_s"])) < 0.05
+    with pytest.raises(P2RecError, match="--batches"):
+        prof.main(["--data", str(tiny_data), "--batches", "0"])
+
+
 def test_bf16_cross_entropy_stays_close_to_full_precision():
     from p2rec.losses import chunked_softmax_ce
 
