@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where a training epoch's time goes: encoder forward, cross-entropy forward, backward (encoder and
+"""Where a training epoch's time goes on the CPU: encoder forward, cross-entropy forward, backward (encoder and
 cross-entropy together), optimiser step, and the cross-entropy forward + backward alone on the same hidden
 states. Times ``--batches`` batches of a real epoch (same batching as the trainer) and scales them to the
 whole epoch.

@@ -645,6 +645,11 @@ def test_cross_entropy_benchmark_times_three_agreeing_ways(tmp_path):
     assert all(float(row[f"{way}_ms"]) > 0 for way in ("autograd", "recompute", "fused"))
     assert float(row["max_rel_grad_diff"]) < 1e-5  # the three compute the same gradients
     assert "Command: `python scripts/bench_cross_entropy.py --items 40" in (tmp_path / "ce.md").read_text()
+    # a way whose gradients differ makes the benchmark fail instead of timing it
+    fused = bench.WAYS["fused"]
+    bench.WAYS["fused"] = lambda h, t, y, p: 2 * fused(h, t, y, p)
+    with pytest.raises(P2RecError, match="gradients of the three ways differ"):
+        bench.main(["--items", "40", "--rows", "30", "--hidden", "8", "--precisions", "fp32", "--repeat", "1"])
 
 
 @pytest.mark.parametrize("samples", ["sequences", "prefixes"])

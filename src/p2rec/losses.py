@@ -35,7 +35,8 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             prob = torch.softmax(logits, 1)
             rows, y = torch.arange(len(h), device=h.device), targets[s:s + chunk]
             # log-sum-exp = target logit - log(target probability): no extra pass over the logits; where the
-            # target's probability underflowed to 0 it is computed in full
+            # target's probability underflowed to 0 it is computed in full (the check is one host sync per
+            # chunk: a few per batch on a GPU, where chunks are large)
             p_y = prob[rows, y]
             lse[s:s + chunk] = logits[rows, y] - p_y.log()
             if not bool((p_y > 0).all()):
