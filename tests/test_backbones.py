@@ -194,7 +194,7 @@ def test_sasrec_post_norm_layout_is_causal_padding_blind_and_shortcut_exact():
     assert torch.allclose(model.score_last(seqs), reference, atol=1e-5)
     # it is another model, not the default one renamed
     assert not torch.allclose(model.score_last(seqs), _perturbed("sasrec", ffn_size=4 * HIDDEN).score_last(seqs))
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\.norm': 'pre' or 'post', got 'middle'"):
         _model("sasrec", norm="middle")
 
 
@@ -216,7 +216,7 @@ def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
     assert padding_violation(by_start, seqs, 3) < 1e-5
     reference = by_start.forward(seqs)[:, -1, :] @ by_start.item_table().T
     assert torch.allclose(by_start.score_last(seqs), reference, atol=1e-5)
-    with pytest.raises(ValueError, match="positions"):
+    with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\.positions': 'from_end' or 'from_start'"):
         _model("sasrec", positions="middle")
 
 

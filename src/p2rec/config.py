@@ -67,7 +67,7 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_names(config: dict) -> None:
-    from p2rec.models.registry import BACKBONES, backbone_parameters
+    from p2rec.models.registry import BACKBONES, backbone_parameters, build_backbone
 
     problems = []
     for i, name in enumerate(config["datasets"]):
@@ -102,6 +102,15 @@ def _check_names(config: dict) -> None:
                 f"config key 'backbone_params.{name}': unknown parameter(s) {sorted(unknown)} "
                 f"(known: {backbone_parameters(name)})"
             )
+            continue
+        # the values too, by the backbone's own checks on a two-item model: a bad value fails here, when the
+        # Snakefile is parsed, not in the first training job
+        try:
+            build_backbone(name, 2, config["train"]["hidden"], config["train"]["max_len"], **params)
+        except P2RecError as err:
+            problems.append(str(err))
+        except (TypeError, ValueError, RuntimeError) as err:
+            problems.append(f"config key 'backbone_params.{name}': {err}")
     for name, entry in config.get("catalog", {}).items():
         if entry["source"] != "synthetic" and not entry.get("file") and not entry.get("url"):
             problems.append(f"config key 'catalog.{name}': source '{entry['source']}' needs 'file'")

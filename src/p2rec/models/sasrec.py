@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2rec import P2RecError
 from p2rec.losses import FastDropout
 from p2rec.models.base import SequentialBackbone
 
@@ -82,9 +83,13 @@ class SASRec(SequentialBackbone):
         position at once, "from_end" gives the query item position 0 only at a sequence's last position,
         while evaluation always puts it there; "from_start" has no such train/test difference."""
         if norm not in ("pre", "post"):
-            raise ValueError(f"sasrec norm must be 'pre' or 'post', got {norm!r}")
+            raise P2RecError(f"config key 'backbone_params.sasrec.norm': 'pre' or 'post', got {norm!r}")
+        if num_heads < 1 or hidden % num_heads:
+            raise P2RecError(f"config key 'backbone_params.sasrec.num_heads': must divide train.hidden ({hidden}), "
+                             f"got {num_heads}")
         if positions not in ("from_end", "from_start"):
-            raise ValueError(f"sasrec positions must be 'from_end' or 'from_start', got {positions!r}")
+            raise P2RecError(f"config key 'backbone_params.sasrec.positions': 'from_end' or 'from_start', "
+                             f"got {positions!r}")
         super().__init__(num_items, hidden, max_len)
         self.post = norm == "post"
         self._positions = self.position_ids_from_start if positions == "from_start" else self.position_ids
