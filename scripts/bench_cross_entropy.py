@@ -138,4 +138,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except P2RecError as err:  # bad input or disagreeing gradients: one line, no traceback
+        sys.exit(f"error: {err}")

@@ -19,10 +19,10 @@ import torch
 from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
-from p2rec.evaluation import pad_left
 from p2rec.losses import PRECISIONS, chunked_softmax_ce
 from p2rec.models.registry import build_backbone
-from p2rec.training import environment, make_batches, make_optimizer, training_pairs, training_prefixes
+from p2rec.training import (batch_hidden, environment, make_batches, make_optimizer, training_pairs,
+                            training_prefixes)
 
 
 def profile(args) -> dict:
@@ -32,7 +32,8 @@ def profile(args) -> dict:
     torch.manual_seed(args.seed)
     model = build_backbone(args.backbone, data.num_items, args.hidden, args.max_len)
     model.train()
-    optimizer = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    optimizer = make_optimizer(model, 1e-3, 0.0, cpu)
     prefixes = args.samples == "prefixes"
     pairs = (training_prefixes if prefixes else training_pairs)(split.train, args.max_len)
     if not pairs:
@@ -42,13 +43,7 @@ def profile(args) -> dict:
     timed = batches[:args.batches]
     for idx in timed:
         t0 = time.perf_counter()
-        seqs = pad_left([pairs[i] for i in idx], args.max_len + 1)
-        inputs, targets = seqs[:, :-1], seqs[:, 1:]
-        if prefixes:
-            hidden, y = model.hidden_last(inputs), targets[:, -1]
-        else:
-            valid = targets > 0
-            hidden, y = model(inputs)[valid], targets[valid]
+        hidden, y = batch_hidden(model, [pairs[i] for i in idx], cpu, last_only=prefixes)
         t1 = time.perf_counter()
         loss = chunked_softmax_ce(hidden, model.item_table(), y, precision=args.precision)
         t2 = time.perf_counter()
@@ -93,4 +88,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except P2RecError as err:  # bad input or disagreeing gradients: one line, no traceback
+        sys.exit(f"error: {err}")

@@ -39,8 +39,8 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             # chunk: a few per batch on a GPU, where chunks are large)
             p_y = prob[rows, y]
             lse[s:s + chunk] = logits[rows, y] - p_y.log()
-            if not bool((p_y > 0).all()):
-                lost = p_y <= 0
+            lost = p_y <= 0
+            if bool(lost.any()):
                 lse[s:s + chunk][lost] = torch.logsumexp(logits[lost], 1)
             if not need_grad:
                 continue

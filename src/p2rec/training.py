@@ -80,18 +80,23 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
+def batch_hidden(model: SequentialBackbone, batch: list[np.ndarray], device: torch.device,
+                 last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states [P, d] and their next items [P], one row per real (input prefix -> next item) pair of
+    the batch; ``last_only``: each row's last pair only (prefix samples, :func:`training_prefixes`)."""
+    seqs = pad_left(batch, model.max_len + 1).to(device)
+    inputs, targets = seqs[:, :-1], seqs[:, 1:]
+    if last_only:  # the backbone's shortcut: only the last position's state is computed in full
+        return model.hidden_last(inputs), targets[:, -1]
+    valid = targets > 0
+    return model(inputs)[valid], targets[valid]
+
+
 def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,
                   device: torch.device, precision: str = "fp32", last_only: bool = False) -> torch.Tensor:
     """Loss over every real (input prefix -> next item) pair of the batch; ``last_only``: over each row's
     last pair only (prefix samples, :func:`training_prefixes`)."""
-    seqs = pad_left(batch, model.max_len + 1).to(device)
-    inputs, targets = seqs[:, :-1], seqs[:, 1:]
-    if last_only:  # the backbone's shortcut: only the last position's state is computed in full
-        h, y = model.hidden_last(inputs), targets[:, -1]
-    else:
-        valid = targets > 0
-        h = model(inputs)[valid]  # [P, d] one row per real (input prefix, next item) pair
-        y = targets[valid]
+    h, y = batch_hidden(model, batch, device, last_only)
     table = model.item_table()
     if loss == "ce":
         return chunked_softmax_ce(h, table, y, precision=precision)
