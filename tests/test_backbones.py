@@ -18,7 +18,7 @@ from p2rec.config import train_settings, validate_config
 from p2rec.evaluation import full_ranking, pad_left, ranks_from_scores
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import eval_batching, loss_on_batch, training_pairs, training_prefixes
+from p2rec.training import batch_hidden, eval_batching, loss_on_batch, training_pairs, training_prefixes
 
 NAMES = sorted(BACKBONES)
 NUM_ITEMS, HIDDEN, MAX_LEN = 40, 16, 20
@@ -198,6 +198,15 @@ def test_sasrec_post_norm_layout_is_causal_padding_blind_and_shortcut_exact():
         _model("sasrec", norm="middle")
 
 
+def _assert_backbone_contracts(model: SequentialBackbone, padded: torch.Tensor) -> None:
+    """Causal, blind to padding, and its last-position shortcut scores as the full forward does."""
+    leak, react = causality_violation(model, _random_items((4, 10), seed=5))
+    assert leak < 1e-5 and react > 1e-4
+    assert padding_violation(model, padded, 3) < 1e-5
+    reference = model.forward(padded)[:, -1, :] @ model.item_table().T
+    assert torch.allclose(model.score_last(padded), reference, atol=1e-5)
+
+
 def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
     """``positions: from_start``: the state at t equals that of the prefix ending at t fed alone, which is what
     makes one causal pass the same as prefix training; counted from the end it differs (the reason to offer it)."""
@@ -210,14 +219,23 @@ def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
         with torch.no_grad():
             whole, prefix = model.forward(seqs)[:, t], model.forward(seqs[:, :t + 1])[:, -1]
         assert torch.allclose(whole, prefix, atol=1e-5) == same
-    # and the contracts of every backbone still hold
-    leak, react = causality_violation(by_start, _random_items((4, 10), seed=5))
-    assert leak < 1e-5 and react > 1e-4
-    assert padding_violation(by_start, seqs, 3) < 1e-5
-    reference = by_start.forward(seqs)[:, -1, :] @ by_start.item_table().T
-    assert torch.allclose(by_start.score_last(seqs), reference, atol=1e-5)
+    _assert_backbone_contracts(by_start, seqs)  # and the contracts of every backbone still hold
     with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\.positions': 'from_end' or 'from_start'"):
         _model("sasrec", positions="middle")
+
+
+def test_sasrec_relu_feed_forward_is_another_model_with_the_same_contracts():
+    """``activation: relu`` (the SASRec paper's feed-forward) changes the scores, keeps causality, padding
+    blindness and the last-query shortcut; an unknown name fails naming the config key."""
+    seqs = _random_items((4, 10), seed=8)
+    seqs[2, :4] = 0
+    relu = _perturbed("sasrec", activation="relu")
+    gelu = _perturbed("sasrec")
+    assert isinstance(relu.blocks[0].ffn[1], torch.nn.ReLU) and isinstance(gelu.blocks[0].ffn[1], torch.nn.GELU)
+    assert not torch.allclose(relu.score_last(seqs), gelu.score_last(seqs))
+    _assert_backbone_contracts(relu, seqs)
+    with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\.activation': one of \['gelu', 'relu'\], got 'tanh'"):
+        _model("sasrec", activation="tanh")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -350,6 +368,44 @@ def test_prefix_samples_are_every_training_pair_ending_with_its_target():
     assert len(samples) == sum(len(s) - 1 for s in training_pairs(train, max_len=10))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_one_pass_trains_each_pair_once_whatever_the_batch_padding(name):
+    """A user's (input -> next item) pairs are the same alone or beside a longer user: the left padding a
+    longer user brings must not add an (empty input -> first item) pair."""
+    model = _model(name)
+    user = np.array([3, 1, 4, 1, 5])
+    longer = np.arange(1, 10) % NUM_ITEMS + 1
+    _, alone = batch_hidden(model, [user], CPU)
+    _, beside = batch_hidden(model, [user, longer], CPU)
+    assert alone.tolist() == [1, 4, 1, 5]
+    assert beside.tolist() == [1, 4, 1, 5] + longer[1:].tolist()
+
+
+def test_several_targets_pair_each_position_with_its_next_items_in_both_regimes():
+    """``train.targets: 3`` (Caser's T): position t is trained toward items t+1..t+3 of the user's training
+    items, never past the last one, and one pass and prefix samples train the same pairs."""
+    user = np.array([3, 1, 4, 1, 5])
+    assert [p.tolist() for p in training_pairs([user], max_len=10, targets=3)] == [[3, 1, 4, 1, 5, 0, 0]]
+    assert [p.tolist() for p in training_prefixes([user], max_len=2, targets=3)] == \
+        [[3, 1, 4, 1], [3, 1, 4, 1, 5], [1, 4, 1, 5, 0], [4, 1, 5, 0, 0]]
+    model = _perturbed("gru4rec")
+    with torch.no_grad():
+        states = model(torch.from_numpy(user[None, :-1]))[0]
+        h, y = batch_hidden(model, training_pairs([user], 10, targets=3), CPU, targets=3)
+    assert y.tolist() == [1, 4, 1, 4, 1, 5, 1, 5, 5]
+    rows = [0, 0, 0, 1, 1, 1, 2, 2, 3]  # the input position each pair belongs to
+    assert torch.allclose(h, states[rows], atol=1e-6)
+    # with users of other lengths in the batch, and as prefix samples: the same loss (GRU4Rec, no dropout)
+    seqs = [np.asarray(s)[:n] for s, n in zip(_random_items((3, 9), seed=4).tolist(), (9, 4, 2))]
+    with torch.no_grad():
+        one_pass = loss_on_batch(model, training_pairs(seqs, 10, targets=3), "ce", 0, CPU, targets=3)
+        by_prefix = loss_on_batch(model, training_prefixes(seqs, 10, targets=3), "ce", 0, CPU, last_only=True,
+                                  targets=3)
+        single = loss_on_batch(model, training_pairs(seqs, 10), "ce", 0, CPU)
+    assert torch.allclose(one_pass, by_prefix, atol=1e-5)
+    assert not torch.allclose(one_pass, single, atol=1e-3)
+
+
 @pytest.mark.parametrize("name,positions,same", [("gru4rec", None, True), ("sasrec", "from_start", True),
                                                   ("sasrec", "from_end", False)])
 def test_prefix_samples_give_the_one_pass_loss_where_states_depend_on_the_prefix_only(name, positions, same):
@@ -357,12 +413,13 @@ def test_prefix_samples_give_the_one_pass_loss_where_states_depend_on_the_prefix
     every position for backbones whose state at t sees the prefix only (GRU4Rec; SASRec counting positions
     from the start); counted from the end the two regimes train different things."""
     model = _perturbed(name, **({"positions": positions} if positions else {}))
-    seqs = [np.asarray(s) for s in _random_items((3, 9), seed=4).tolist()]
+    # users of different lengths, so the one-pass batch carries left padding
+    seqs = [np.asarray(s)[:n] for s, n in zip(_random_items((3, 9), seed=4).tolist(), (9, 4, 2))]
     with torch.no_grad():
         one_pass = loss_on_batch(model, seqs, "ce", 0, CPU)
         prefixes = training_prefixes(seqs, model.max_len)
         by_prefix = loss_on_batch(model, prefixes, "ce", 0, CPU, last_only=True)
-    assert len(prefixes) == 3 * 8
+    assert len(prefixes) == 8 + 3 + 1
     assert torch.allclose(one_pass, by_prefix, atol=1e-5) == same, (one_pass.item(), by_prefix.item())
 
 

@@ -201,6 +201,11 @@ CONFIG_CASES = [
     pytest.param({"backbone_params": {"sasrec": {"num_heads": 3}}},
                  r"config key 'backbone_params.sasrec.num_heads': must divide train.hidden \(64\), got 3",
                  id="heads-not-dividing-hidden"),
+    pytest.param({"backbone_params": {"sasrec": {"activation": "tanh"}}},
+                 r"config key 'backbone_params.sasrec.activation': one of \['gelu', 'relu'\], got 'tanh'",
+                 id="unknown-sasrec-activation"),
+    pytest.param({"train": {"targets": 0}}, r"config key 'train.targets': 0 is less than the minimum of 1",
+                 id="targets-below-one"),
     pytest.param({"catalog": {"synthetic": {"file": "x.txt"}}},
                  r"config key 'catalog.synthetic': 'source' is a required property", id="catalog-entry-without-source"),
 ]

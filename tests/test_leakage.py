@@ -94,6 +94,24 @@ def test_held_out_items_do_not_change_any_training_step(base, monkeypatch):
     assert a.valid != b.valid  # the held-out items did change: only evaluation saw them
 
 
+@pytest.mark.parametrize("samples", ["sequences", "prefixes"])
+def test_several_targets_never_reach_a_held_out_item(base, monkeypatch, samples):
+    """``train.targets: 3`` looks 3 items ahead of every position: the last training positions must still
+    never see the validation or test item (same weights after every epoch whatever those items are)."""
+    settings = {**SETTINGS, "train": {**SETTINGS["train"], "targets": 3, "samples": samples, "epochs": 2}}
+    weights, losses = [], []
+    for valid_item, test_item in ((0, 0), (17, 29)):
+        recorder = Recorder(monkeypatch)
+        data = with_held_out(base, valid_item, test_item)
+        training.seed_everything(4)
+        model = build_backbone("sasrec", data.num_items, 16, 15, **settings["model"])
+        split = leave_one_out(data)
+        result = training.train_backbone(model, split, settings, 4, progress=False)
+        weights.append(recorder.epoch_weights())
+        losses.append([h["train_loss"] for h in result.history])
+    assert len(weights[0]) == 2 and weights[0] == weights[1] and losses[0] == losses[1]
+
+
 def test_training_batches_hold_training_prefixes_only(base, monkeypatch):
     data = with_held_out(base, 0, 0)
     split = leave_one_out(data)

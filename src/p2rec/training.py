@@ -47,16 +47,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_pairs(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
-    """The last ``max_len + 1`` training items of every user with at least two (input -> next item)."""
-    return [s[-(max_len + 1):] for s in train if len(s) >= 2]
+def training_pairs(train: list[np.ndarray], max_len: int, targets: int = 1) -> list[np.ndarray]:
+    """The last ``max_len + 1`` training items of every user with at least two (input -> next item).
+    ``targets`` > 1 (Caser's T: each position trained toward its next T items): ``targets - 1`` zeros follow,
+    so that every input position keeps its place and the missing targets at the end read as padding."""
+    pairs = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+    if targets > 1:
+        pairs = [np.concatenate([p, np.zeros(targets - 1, dtype=p.dtype)]) for p in pairs]
+    return pairs
 
 
-def training_prefixes(train: list[np.ndarray], max_len: int) -> list[np.ndarray]:
+def training_prefixes(train: list[np.ndarray], max_len: int, targets: int = 1) -> list[np.ndarray]:
     """Every (input prefix -> next item) pair as its own sample: the up to ``max_len`` items before each
     training item after the first, followed by that item (views, not copies). This is how RecBole trains;
-    with :func:`loss_on_batch`'s ``last_only`` the loss falls on the last position of each sample only."""
-    return [s[max(0, end - max_len):end + 1] for s in train for end in range(1, len(s))]
+    with :func:`loss_on_batch`'s ``last_only`` the loss falls on the last position of each sample only.
+    ``targets`` > 1: the next ``targets`` items follow the prefix, zero-filled past the user's last item."""
+    if targets == 1:
+        return [s[max(0, end - max_len):end + 1] for s in train for end in range(1, len(s))]
+    out = []
+    for s in train:
+        for end in range(1, len(s)):
+            after = s[end:end + targets]
+            out.append(np.concatenate([s[max(0, end - max_len):end], after,
+                                       np.zeros(targets - len(after), dtype=s.dtype)]))
+    return out
 
 
 def make_batches(pairs: list[np.ndarray], batch_size: int, rng: np.random.Generator, bucket: bool = True):
@@ -81,22 +95,36 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
 
 
 def batch_hidden(model: SequentialBackbone, batch: list[np.ndarray], device: torch.device,
-                 last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 last_only: bool = False, targets: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states [P, d] and their next items [P], one row per real (input prefix -> next item) pair of
-    the batch; ``last_only``: each row's last pair only (prefix samples, :func:`training_prefixes`)."""
-    seqs = pad_left(batch, model.max_len + 1).to(device)
-    inputs, targets = seqs[:, :-1], seqs[:, 1:]
+    the batch; ``last_only``: each row's last pair only (prefix samples, :func:`training_prefixes`).
+    ``targets`` > 1: rows laid out by :func:`training_pairs` / :func:`training_prefixes` with the same
+    ``targets``; a state appears once per real item among its next ``targets``."""
+    seqs = pad_left(batch, model.max_len + targets).to(device)
+    width = seqs.shape[1] - targets
+    inputs = seqs[:, :width]
     if last_only:  # the backbone's shortcut: only the last position's state is computed in full
-        return model.hidden_last(inputs), targets[:, -1]
-    valid = targets > 0
-    return model(inputs)[valid], targets[valid]
+        hidden, following = model.hidden_last(inputs), seqs[:, width:]  # [B, d], [B, T]
+        if targets == 1:
+            return hidden, following[:, 0]
+        valid = following > 0
+        return hidden.unsqueeze(1).expand(-1, targets, -1)[valid], following[valid]
+    following = torch.stack([seqs[:, 1 + j:width + 1 + j] for j in range(targets)], -1)  # [B, W, T]
+    # a pair needs a real input item too: a user shorter than the batch's longest would otherwise add an
+    # (empty input -> first item) pair, which prefix samples, the authors' SASRec and RecBole never train
+    valid = (following > 0) & (inputs > 0).unsqueeze(-1)
+    hidden = model(inputs)
+    if targets == 1:
+        return hidden[valid[..., 0]], following[..., 0][valid[..., 0]]
+    return hidden.unsqueeze(2).expand(-1, -1, targets, -1)[valid], following[valid]
 
 
 def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,
-                  device: torch.device, precision: str = "fp32", last_only: bool = False) -> torch.Tensor:
+                  device: torch.device, precision: str = "fp32", last_only: bool = False,
+                  targets: int = 1) -> torch.Tensor:
     """Loss over every real (input prefix -> next item) pair of the batch; ``last_only``: over each row's
-    last pair only (prefix samples, :func:`training_prefixes`)."""
-    h, y = batch_hidden(model, batch, device, last_only)
+    last pair only (prefix samples, :func:`training_prefixes`); ``targets``: see :func:`batch_hidden`."""
+    h, y = batch_hidden(model, batch, device, last_only, targets)
     table = model.item_table()
     if loss == "ce":
         return chunked_softmax_ce(h, table, y, precision=precision)
@@ -123,13 +151,13 @@ def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str,
 
 def train_epoch(model: SequentialBackbone, optimizer, pairs: list[np.ndarray], batches, loss: str,
                 n_negatives: int, device: torch.device, epoch: int = 0, precision: str = "fp32",
-                last_only: bool = False) -> tuple[float, int]:
+                last_only: bool = False, targets: int = 1) -> tuple[float, int]:
     """One pass over ``batches`` (index arrays into ``pairs``); returns (summed loss x batch size, sequences)."""
     total, count = 0.0, 0
     for idx in batches:
         batch = [pairs[i] for i in idx]
         optimizer.zero_grad(set_to_none=True)
-        value = loss_on_batch(model, batch, loss, n_negatives, device, precision, last_only)
+        value = loss_on_batch(model, batch, loss, n_negatives, device, precision, last_only, targets)
         if not torch.isfinite(value):
             raise P2RecError(f"training loss became {value.item()} at epoch {epoch}; lower train.lr")
         value.backward()
@@ -197,7 +225,8 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
     optimizer = make_optimizer(model, tr["lr"], tr["weight_decay"], device)
     # optional too: "sequences" (every position of a user in one causal pass) or "prefixes" (RecBole's way)
     prefixes = tr.get("samples", "sequences") == "prefixes"
-    pairs = (training_prefixes if prefixes else training_pairs)(split.train, model.max_len)
+    targets = tr.get("targets", 1)  # optional as well: Caser's T next items per position
+    pairs = (training_prefixes if prefixes else training_pairs)(split.train, model.max_len, targets)
     if not pairs:
         raise P2RecError("no user has two or more training items: nothing to train on")
     select = ev["select_metric"]
@@ -240,7 +269,7 @@ def train_backbone(model: SequentialBackbone, split: LeaveOneOut, settings: dict
         batches = make_batches(pairs, tr["batch_size"], np.random.default_rng([seed, epoch]), tr["bucket"])
         t0 = time.perf_counter()
         total, count = train_epoch(model, optimizer, pairs, batches, tr["loss"], tr["n_negatives"], device,
-                                   epoch=epoch + 1, precision=precision, last_only=prefixes)
+                                   epoch=epoch + 1, precision=precision, last_only=prefixes, targets=targets)
         _sync(device)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -17,8 +17,12 @@ from p2rec.losses import FastDropout
 from p2rec.models.base import SequentialBackbone
 
 
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
 class _Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None, norm: str = "pre"):
+    def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None, norm: str = "pre",
+                 activation: str = "gelu"):
         super().__init__()
         ffn_size = ffn_size or hidden
         self.post = norm == "post"
@@ -29,7 +33,7 @@ class _Block(nn.Module):
         self.drop = FastDropout(dropout)
         self.attn_dropout = dropout
         self.norm_ffn = nn.LayerNorm(hidden, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(hidden, ffn_size), nn.GELU(), FastDropout(dropout),
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn_size), _ACTIVATIONS[activation](), FastDropout(dropout),
                                  nn.Linear(ffn_size, hidden))
 
     def _heads(self, z: torch.Tensor) -> torch.Tensor:
@@ -73,7 +77,8 @@ class SASRec(SequentialBackbone):
     defaults = {"num_layers": 2, "num_heads": 1, "dropout": 0.2}
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre", positions: str = "from_end"):
+                 dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre", positions: str = "from_end",
+                 activation: str = "gelu"):
         """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
         paper (RecBole's SASRec uses 256 = 4 x 64). ``norm``: "pre", the SASRec paper's layout (item embeddings
         scaled by sqrt(hidden), each sublayer fed a normalised input, a final norm); "post", the BERT layout
@@ -81,7 +86,9 @@ class SASRec(SequentialBackbone):
         ``positions``: "from_end", counted back from the last input item (the authors' code: left padding to
         a fixed length); "from_start", counted from the first (RecBole: right padding). Trained on every
         position at once, "from_end" gives the query item position 0 only at a sequence's last position,
-        while evaluation always puts it there; "from_start" has no such train/test difference."""
+        while evaluation always puts it there; "from_start" has no such train/test difference.
+        ``activation``: the feed-forward layer's non-linearity, "gelu" (RecBole, BERT) or "relu" (the SASRec
+        paper and the public ML-1M cross-entropy reference)."""
         if norm not in ("pre", "post"):
             raise P2RecError(f"config key 'backbone_params.sasrec.norm': 'pre' or 'post', got {norm!r}")
         if num_heads < 1 or hidden % num_heads:
@@ -90,12 +97,15 @@ class SASRec(SequentialBackbone):
         if positions not in ("from_end", "from_start"):
             raise P2RecError(f"config key 'backbone_params.sasrec.positions': 'from_end' or 'from_start', "
                              f"got {positions!r}")
+        if activation not in _ACTIVATIONS:
+            raise P2RecError(f"config key 'backbone_params.sasrec.activation': one of {sorted(_ACTIVATIONS)}, "
+                             f"got {activation!r}")
         super().__init__(num_items, hidden, max_len)
         self.post = norm == "post"
         self._positions = self.position_ids_from_start if positions == "from_start" else self.position_ids
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation) for _ in range(num_layers))
         # post: the norm sits on the embeddings instead of after the last block
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
