@@ -224,18 +224,24 @@ def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
         _model("sasrec", positions="middle")
 
 
-def test_sasrec_relu_feed_forward_is_another_model_with_the_same_contracts():
-    """``activation: relu`` (the SASRec paper's feed-forward) changes the scores, keeps causality, padding
-    blindness and the last-query shortcut; an unknown name fails naming the config key."""
+@pytest.mark.parametrize("option,value,message", [
+    ("activation", "relu", r"activation': one of \['gelu', 'relu'\], got 'bad'"),
+    ("keys", "raw", r"keys': 'normalized' or 'raw', got 'bad'")])
+def test_sasrec_reference_options_are_other_models_with_the_same_contracts(option, value, message):
+    """``activation: relu`` (the SASRec paper's feed-forward) and ``keys: raw`` (keys and values from the
+    un-normalised block input, the authors' code) change the scores and keep causality, padding blindness
+    and the last-query shortcut; an unknown value fails naming the config key."""
     seqs = _random_items((4, 10), seed=8)
     seqs[2, :4] = 0
-    relu = _perturbed("sasrec", activation="relu")
-    gelu = _perturbed("sasrec")
-    assert isinstance(relu.blocks[0].ffn[1], torch.nn.ReLU) and isinstance(gelu.blocks[0].ffn[1], torch.nn.GELU)
-    assert not torch.allclose(relu.score_last(seqs), gelu.score_last(seqs))
-    _assert_backbone_contracts(relu, seqs)
-    with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\.activation': one of \['gelu', 'relu'\], got 'tanh'"):
-        _model("sasrec", activation="tanh")
+    other = _perturbed("sasrec", **{option: value})
+    default = _perturbed("sasrec")
+    if option == "activation":
+        assert isinstance(other.blocks[0].ffn[1], torch.nn.ReLU)
+        assert isinstance(default.blocks[0].ffn[1], torch.nn.GELU)
+    assert not torch.allclose(other.score_last(seqs), default.score_last(seqs))
+    _assert_backbone_contracts(other, seqs)
+    with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\." + message):
+        _model("sasrec", **{option: "bad"})
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -22,10 +22,11 @@ _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 class _Block(nn.Module):
     def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None, norm: str = "pre",
-                 activation: str = "gelu"):
+                 activation: str = "gelu", keys: str = "normalized"):
         super().__init__()
         ffn_size = ffn_size or hidden
         self.post = norm == "post"
+        self.raw_keys = keys == "raw" and not self.post
         self.heads = heads
         self.norm_attn = nn.LayerNorm(hidden, eps=1e-8)
         self.qkv = nn.Linear(hidden, 3 * hidden)
@@ -54,7 +55,12 @@ class _Block(nn.Module):
         """``mask=None``: no padding in the batch, plain causal attention (the fused kernel)."""
         d = x.shape[-1]
         q_in = x if self.post else self.norm_attn(x)
-        q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
+        if self.raw_keys:  # the authors' code: only the query is normalised, keys and values read the block input
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = self._heads(F.linear(q_in, w[:d], bias[:d]))
+            k, v = (self._heads(z) for z in F.linear(x, w[d:], bias[d:]).split(d, -1))
+        else:
+            q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
         out = self._finish(q_in, attn)
@@ -67,7 +73,7 @@ class _Block(nn.Module):
         q_in = x if self.post else self.norm_attn(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
-        k, v = (self._heads(z) for z in F.linear(q_in, w[d:], bias[d:]).split(d, -1))
+        k, v = (self._heads(z) for z in F.linear(x if self.raw_keys else q_in, w[d:], bias[d:]).split(d, -1))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
         return self._finish(q_in[:, -1:], attn)
@@ -78,7 +84,7 @@ class SASRec(SequentialBackbone):
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
                  dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre", positions: str = "from_end",
-                 activation: str = "gelu"):
+                 activation: str = "gelu", keys: str = "normalized"):
         """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
         paper (RecBole's SASRec uses 256 = 4 x 64). ``norm``: "pre", the SASRec paper's layout (item embeddings
         scaled by sqrt(hidden), each sublayer fed a normalised input, a final norm); "post", the BERT layout
@@ -88,7 +94,9 @@ class SASRec(SequentialBackbone):
         position at once, "from_end" gives the query item position 0 only at a sequence's last position,
         while evaluation always puts it there; "from_start" has no such train/test difference.
         ``activation``: the feed-forward layer's non-linearity, "gelu" (RecBole, BERT) or "relu" (the SASRec
-        paper and the public ML-1M cross-entropy reference)."""
+        paper and the public ML-1M cross-entropy reference). ``keys`` (pre-norm only): "normalized", keys and
+        values from the normalised block input like the query; "raw", from the block input itself, as the
+        authors' code and the ML-1M reference compute them."""
         if norm not in ("pre", "post"):
             raise P2RecError(f"config key 'backbone_params.sasrec.norm': 'pre' or 'post', got {norm!r}")
         if num_heads < 1 or hidden % num_heads:
@@ -100,12 +108,14 @@ class SASRec(SequentialBackbone):
         if activation not in _ACTIVATIONS:
             raise P2RecError(f"config key 'backbone_params.sasrec.activation': one of {sorted(_ACTIVATIONS)}, "
                              f"got {activation!r}")
+        if keys not in ("normalized", "raw"):
+            raise P2RecError(f"config key 'backbone_params.sasrec.keys': 'normalized' or 'raw', got {keys!r}")
         super().__init__(num_items, hidden, max_len)
         self.post = norm == "post"
         self._positions = self.position_ids_from_start if positions == "from_start" else self.position_ids
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation, keys) for _ in range(num_layers))
         # post: the norm sits on the embeddings instead of after the last block
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
