@@ -2,11 +2,11 @@
 
 Reads run folders laid out as {dataset}/{backbone}/{variant}/seed{seed}/metrics.json (variant `none`) from
 one folder per loss, and the published reference numbers from results/reproduction/published.csv.
-Runs are grouped by dataset, backbone, loss and the kind of device each run's timing.json records (cpu or
+Runs are grouped by dataset, backbone, loss, train.samples, train.targets and the kind of device each run's timing.json records (cpu or
 gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from different GPU models, listed in
 the machines column). A seed found in more than one folder (the same run made twice, e.g. by the workflow and by
 reproduce_grid) counts once: the folder given first wins, and the others are named on stderr. Writes <out>.md
-and <out>.csv with the columns dataset, backbone, loss, samples, device, seeds, hr@10, ndcg@10, hr@10_std,
+and <out>.csv with the columns dataset, backbone, loss, samples, targets, device, seeds, hr@10, ndcg@10, hr@10_std,
 ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10, ratio_ndcg@10.
 
     python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
@@ -37,7 +37,8 @@ def collect(loss: str, root: Path) -> list[dict]:
         config_path = metrics_path.parent / "config.json"
         train = json.loads(config_path.read_text()).get("train", {}) if config_path.exists() else {}
         rows.append({"dataset": dataset, "backbone": backbone, "loss": loss,
-                     "samples": train.get("samples", "sequences"), "device": "gpu" if gpu else "cpu",
+                     "samples": train.get("samples", "sequences"), "targets": train.get("targets", 1),
+                     "device": "gpu" if gpu else "cpu",
                      "device_name": gpu or f"cpu ({timing.get('machine', '?')})", "seed": metrics["seed"],
                      "hr@10": metrics["test"]["hr@10"], "ndcg@10": metrics["test"]["ndcg@10"],
                      "epochs": metrics["epochs"], "threads": timing.get("torch_threads"),
@@ -59,7 +60,7 @@ def main() -> None:
     runs = pd.DataFrame(rows)
     runs = runs[runs["dataset"].isin(args.datasets)]
     # a seed counted twice would shrink the std and inflate the seed count
-    cell = ["dataset", "backbone", "loss", "samples", "device"]
+    cell = ["dataset", "backbone", "loss", "samples", "targets", "device"]
     cell_seed = [*cell, "seed"]
     repeated = runs.duplicated(cell_seed, keep="first")
     for _, row in runs[repeated].iterrows():
@@ -96,6 +97,7 @@ def main() -> None:
                f"ratio = ours / published; std empty for one seed; epochs = mean epochs run (early stopping). "
                f"samples: the runs' train.samples (sequences: every position of a user's sequence in one causal "
                f"pass, the suite's default; prefixes: each prefix its own sample, as RecBole trains). "
+               f"targets: the runs' train.targets (each position trained toward its next T items; 3 is Caser's T). "
                f"Device: the kind each run's timing.json records (cpu: {cpu_threads} torch thread(s) on the {platform.machine()} 2-core "
                f"development machine; gpu: several runs at once on one GPU via scripts/reproduce_grid.py; machines: "
                f"which GPU ran how many of the cell's seeds). "

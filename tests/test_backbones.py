@@ -804,8 +804,13 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
     rows = pd.read_csv(out.with_suffix(".csv")).set_index(["device", "samples"])
     assert rows.loc[("gpu", "sequences"), "seeds"] == 2 and rows.loc[("gpu", "prefixes"), "seeds"] == 1
     assert rows.loc[("gpu", "prefixes"), "hr@10"] == pytest.approx(0.9)
+    # and runs with several targets per position (train.targets) form one more
+    (again / "config.json").write_text(json.dumps({"train": {"samples": "prefixes", "targets": 3}}))
+    table.main()
+    rows = pd.read_csv(out.with_suffix(".csv")).set_index(["device", "samples", "targets"])
+    assert rows.loc[("gpu", "sequences", 1), "seeds"] == 2 and rows.loc[("gpu", "prefixes", 3), "seeds"] == 1
     header = out.with_suffix(".csv").read_text().splitlines()[0].split(",")
-    assert header[:6] == ["dataset", "backbone", "loss", "samples", "device", "seeds"]
+    assert header[:7] == ["dataset", "backbone", "loss", "samples", "targets", "device", "seeds"]
 
 
 def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
