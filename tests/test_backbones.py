@@ -226,7 +226,8 @@ def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
 
 @pytest.mark.parametrize("option,value,message", [
     ("activation", "relu", r"activation': one of \['gelu', 'relu'\], got 'bad'"),
-    ("keys", "raw", r"keys': 'normalized' or 'raw', got 'bad'")])
+    ("keys", "raw", r"keys': 'normalized' or 'raw', got 'bad'"),
+    ("qkv_init", "xavier", r"qkv_init': 'normal' or 'xavier', got 'bad'")])
 def test_sasrec_reference_options_are_other_models_with_the_same_contracts(option, value, message):
     """``activation: relu`` (the SASRec paper's feed-forward) and ``keys: raw`` (keys and values from the
     un-normalised block input, the authors' code) change the scores and keep causality, padding blindness
@@ -238,6 +239,11 @@ def test_sasrec_reference_options_are_other_models_with_the_same_contracts(optio
     if option == "activation":
         assert isinstance(other.blocks[0].ffn[1], torch.nn.ReLU)
         assert isinstance(default.blocks[0].ffn[1], torch.nn.GELU)
+    if option == "qkv_init":  # Glorot's bound for a (3 x 16) x 16 matrix, against std 0.02
+        weight = _model("sasrec", qkv_init="xavier").blocks[0].qkv.weight
+        assert weight.abs().max() <= (6 / (4 * HIDDEN)) ** 0.5 and weight.std() > 0.1
+        assert _model("sasrec").blocks[0].qkv.weight.std() < 0.03
+        other, default = _model("sasrec", qkv_init="xavier").eval(), _model("sasrec").eval()
     assert not torch.allclose(other.score_last(seqs), default.score_last(seqs))
     _assert_backbone_contracts(other, seqs)
     with pytest.raises(P2RecError, match=r"backbone_params\.sasrec\." + message):

@@ -84,7 +84,7 @@ class SASRec(SequentialBackbone):
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
                  dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre", positions: str = "from_end",
-                 activation: str = "gelu", keys: str = "normalized"):
+                 activation: str = "gelu", keys: str = "normalized", qkv_init: str = "normal"):
         """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
         paper (RecBole's SASRec uses 256 = 4 x 64). ``norm``: "pre", the SASRec paper's layout (item embeddings
         scaled by sqrt(hidden), each sublayer fed a normalised input, a final norm); "post", the BERT layout
@@ -96,7 +96,10 @@ class SASRec(SequentialBackbone):
         ``activation``: the feed-forward layer's non-linearity, "gelu" (RecBole, BERT) or "relu" (the SASRec
         paper and the public ML-1M cross-entropy reference). ``keys`` (pre-norm only): "normalized", keys and
         values from the normalised block input like the query; "raw", from the block input itself, as the
-        authors' code and the ML-1M reference compute them."""
+        authors' code and the ML-1M reference compute them. ``qkv_init``: the query/key/value projection's
+        initial weights, "normal" (std 0.02, as every linear layer of the suite and RecBole) or "xavier"
+        (Glorot uniform, as PyTorch's attention module, which the ML-1M reference uses, initialises it; the
+        authors' TensorFlow layers are Glorot uniform too)."""
         if norm not in ("pre", "post"):
             raise P2RecError(f"config key 'backbone_params.sasrec.norm': 'pre' or 'post', got {norm!r}")
         if num_heads < 1 or hidden % num_heads:
@@ -108,6 +111,8 @@ class SASRec(SequentialBackbone):
         if activation not in _ACTIVATIONS:
             raise P2RecError(f"config key 'backbone_params.sasrec.activation': one of {sorted(_ACTIVATIONS)}, "
                              f"got {activation!r}")
+        if qkv_init not in ("normal", "xavier"):
+            raise P2RecError(f"config key 'backbone_params.sasrec.qkv_init': 'normal' or 'xavier', got {qkv_init!r}")
         if keys not in ("normalized", "raw"):
             raise P2RecError(f"config key 'backbone_params.sasrec.keys': 'normalized' or 'raw', got {keys!r}")
         super().__init__(num_items, hidden, max_len)
@@ -119,6 +124,9 @@ class SASRec(SequentialBackbone):
         # post: the norm sits on the embeddings instead of after the last block
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
+        if qkv_init == "xavier":  # over the joint (3d x d) matrix, as PyTorch's attention module does
+            for block in self.blocks:
+                nn.init.xavier_uniform_(block.qkv.weight)
 
     def _embed(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """Embedded inputs, keep [B, T, 1], real [B, T] and the attention mask (keep and mask are None without
