@@ -224,6 +224,23 @@ def test_sasrec_positions_from_start_make_every_position_a_prefix_on_its_own():
         _model("sasrec", positions="middle")
 
 
+def test_sasrec_without_attention_output_dropout_differs_in_training_only():
+    """``attention_out_dropout: false`` (the ML-1M reference) removes one dropout: the same weights score
+    alike in evaluation, and training draws differ; a non-boolean fails naming the config key."""
+    seqs = _random_items((4, 10), seed=8)
+    with_drop, without = _model("sasrec", dropout=0.5), _model("sasrec", dropout=0.5, attention_out_dropout=False)
+    assert isinstance(without.blocks[0].attn_out_drop, torch.nn.Identity)
+    assert torch.allclose(with_drop.eval().score_last(seqs), without.eval().score_last(seqs))
+    outputs = []
+    for model in (with_drop.train(), without.train()):
+        torch.manual_seed(3)
+        outputs.append(model(seqs))
+    assert not torch.allclose(*outputs)
+    _assert_backbone_contracts(without.eval(), seqs)
+    with pytest.raises(P2RecError, match=r"attention_out_dropout': true or false, got 'no'"):
+        _model("sasrec", attention_out_dropout="no")
+
+
 @pytest.mark.parametrize("option,value,message", [
     ("activation", "relu", r"activation': one of \['gelu', 'relu'\], got 'bad'"),
     ("keys", "raw", r"keys': 'normalized' or 'raw', got 'bad'"),

@@ -22,7 +22,7 @@ _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 class _Block(nn.Module):
     def __init__(self, hidden: int, heads: int, dropout: float, ffn_size: int | None = None, norm: str = "pre",
-                 activation: str = "gelu", keys: str = "normalized"):
+                 activation: str = "gelu", keys: str = "normalized", attention_out_dropout: bool = True):
         super().__init__()
         ffn_size = ffn_size or hidden
         self.post = norm == "post"
@@ -32,6 +32,7 @@ class _Block(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.drop = FastDropout(dropout)
+        self.attn_out_drop = self.drop if attention_out_dropout else nn.Identity()
         self.attn_dropout = dropout
         self.norm_ffn = nn.LayerNorm(hidden, eps=1e-8)
         self.ffn = nn.Sequential(nn.Linear(hidden, ffn_size), _ACTIVATIONS[activation](), FastDropout(dropout),
@@ -44,7 +45,7 @@ class _Block(nn.Module):
 
     def _finish(self, q_in: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = attn.shape
-        x = q_in + self.drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
+        x = q_in + self.attn_out_drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
         if self.post:  # x + sublayer(x), then the norm (BERT, RecBole)
             x = self.norm_attn(x)
             return self.norm_ffn(x + self.drop(self.ffn(x)))
@@ -84,7 +85,8 @@ class SASRec(SequentialBackbone):
 
     def __init__(self, num_items: int, hidden: int, max_len: int, num_layers: int = 2, num_heads: int = 1,
                  dropout: float = 0.2, ffn_size: int | None = None, norm: str = "pre", positions: str = "from_end",
-                 activation: str = "gelu", keys: str = "normalized", qkv_init: str = "normal"):
+                 activation: str = "gelu", keys: str = "normalized", qkv_init: str = "normal",
+                 attention_out_dropout: bool = True):
         """``ffn_size``: width of the position-wise feed-forward layer; None = ``hidden``, as in the SASRec
         paper (RecBole's SASRec uses 256 = 4 x 64). ``norm``: "pre", the SASRec paper's layout (item embeddings
         scaled by sqrt(hidden), each sublayer fed a normalised input, a final norm); "post", the BERT layout
@@ -99,7 +101,9 @@ class SASRec(SequentialBackbone):
         authors' code and the ML-1M reference compute them. ``qkv_init``: the query/key/value projection's
         initial weights, "normal" (std 0.02, as every linear layer of the suite and RecBole) or "xavier"
         (Glorot uniform, as PyTorch's attention module, which the ML-1M reference uses, initialises it; the
-        authors' TensorFlow layers are Glorot uniform too)."""
+        authors' TensorFlow layers are Glorot uniform too). ``attention_out_dropout``: dropout on the attention
+        block's output before the residual sum, as RecBole and the BERT layout apply it; false, as in the
+        ML-1M reference (PyTorch's attention module drops attention weights only)."""
         if norm not in ("pre", "post"):
             raise P2RecError(f"config key 'backbone_params.sasrec.norm': 'pre' or 'post', got {norm!r}")
         if num_heads < 1 or hidden % num_heads:
@@ -111,6 +115,9 @@ class SASRec(SequentialBackbone):
         if activation not in _ACTIVATIONS:
             raise P2RecError(f"config key 'backbone_params.sasrec.activation': one of {sorted(_ACTIVATIONS)}, "
                              f"got {activation!r}")
+        if not isinstance(attention_out_dropout, bool):
+            raise P2RecError(f"config key 'backbone_params.sasrec.attention_out_dropout': true or false, "
+                             f"got {attention_out_dropout!r}")
         if qkv_init not in ("normal", "xavier"):
             raise P2RecError(f"config key 'backbone_params.sasrec.qkv_init': 'normal' or 'xavier', got {qkv_init!r}")
         if keys not in ("normalized", "raw"):
@@ -120,7 +127,7 @@ class SASRec(SequentialBackbone):
         self._positions = self.position_ids_from_start if positions == "from_start" else self.position_ids
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation, keys) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation, keys, attention_out_dropout) for _ in range(num_layers))
         # post: the norm sits on the embeddings instead of after the last block
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
