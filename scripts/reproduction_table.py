@@ -2,12 +2,13 @@
 
 Reads run folders laid out as {dataset}/{backbone}/{variant}/seed{seed}/metrics.json (variant `none`) from
 one folder per loss, and the published reference numbers from results/reproduction/published.csv.
-Runs are grouped by dataset, backbone, loss, train.samples, train.targets and the kind of device each run's timing.json records (cpu or
-gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from different GPU models, listed in
-the machines column). A seed found in more than one folder (the same run made twice, e.g. by the workflow and by
-reproduce_grid) counts once: the folder given first wins, and the others are named on stderr. Writes <out>.md
-and <out>.csv with the columns dataset, backbone, loss, samples, targets, device, seeds, hr@10, ndcg@10, hr@10_std,
-ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10, ratio_hr@10, ratio_ndcg@10.
+Runs are grouped by dataset, backbone, loss, train.samples, train.targets and the kind of device each run's
+timing.json records (cpu or gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from
+different GPU models, listed in the machines column). A seed found in more than one folder (the same run made
+twice, e.g. by the workflow and by reproduce_grid) counts once: the folder given first wins, and the others are
+named on stderr. Writes <out>.md and <out>.csv with the columns dataset, backbone, loss, samples, targets,
+device, seeds, hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10,
+ratio_hr@10, ratio_ndcg@10.
 
     python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
         --runs bce=results/reproduction/runs-h200/bce --runs ce=results/reproduction/runs-h200/ce \

@@ -127,7 +127,8 @@ class SASRec(SequentialBackbone):
         self._positions = self.position_ids_from_start if positions == "from_start" else self.position_ids
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_drop = FastDropout(dropout)
-        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation, keys, attention_out_dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_Block(hidden, num_heads, dropout, ffn_size, norm, activation, keys,
+                                           attention_out_dropout) for _ in range(num_layers))
         # post: the norm sits on the embeddings instead of after the last block
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.apply(self._init_weights)
