@@ -246,9 +246,10 @@ def test_sasrec_without_attention_output_dropout_differs_in_training_only():
     ("keys", "raw", r"keys': 'normalized' or 'raw', got 'bad'"),
     ("qkv_init", "xavier", r"qkv_init': 'normal' or 'xavier', got 'bad'")])
 def test_sasrec_reference_options_are_other_models_with_the_same_contracts(option, value, message):
-    """``activation: relu`` (the SASRec paper's feed-forward) and ``keys: raw`` (keys and values from the
-    un-normalised block input, the authors' code) change the scores and keep causality, padding blindness
-    and the last-query shortcut; an unknown value fails naming the config key."""
+    """``activation: relu`` (the SASRec paper's feed-forward), ``keys: raw`` (keys and values from the
+    un-normalised block input, the authors' code) and ``qkv_init: xavier`` (Glorot-initialised projections)
+    change the scores and keep causality, padding blindness and the last-query shortcut; an unknown value
+    fails naming the config key."""
     seqs = _random_items((4, 10), seed=8)
     seqs[2, :4] = 0
     other = _perturbed("sasrec", **{option: value})
