@@ -90,5 +90,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except P2RecError as err:  # bad input or disagreeing gradients: one line, no traceback
+    except P2RecError as err:  # bad input: one line, no traceback
         sys.exit(f"error: {err}")

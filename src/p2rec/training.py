@@ -105,7 +105,7 @@ def batch_hidden(model: SequentialBackbone, batch: list[np.ndarray], device: tor
     inputs = seqs[:, :width]
     if last_only:  # the backbone's shortcut: only the last position's state is computed in full
         hidden, following = model.hidden_last(inputs), seqs[:, width:]  # [B, d], [B, T]
-        if targets == 1:
+        if targets == 1:  # every sample ends with a real target: no mask, so no host sync on a GPU
             return hidden, following[:, 0]
         valid = following > 0
         return hidden.unsqueeze(1).expand(-1, targets, -1)[valid], following[valid]
@@ -113,10 +113,7 @@ def batch_hidden(model: SequentialBackbone, batch: list[np.ndarray], device: tor
     # a pair needs a real input item too: a user shorter than the batch's longest would otherwise add an
     # (empty input -> first item) pair, which prefix samples, the authors' SASRec and RecBole never train
     valid = (following > 0) & (inputs > 0).unsqueeze(-1)
-    hidden = model(inputs)
-    if targets == 1:
-        return hidden[valid[..., 0]], following[..., 0][valid[..., 0]]
-    return hidden.unsqueeze(2).expand(-1, -1, targets, -1)[valid], following[valid]
+    return model(inputs).unsqueeze(2).expand(-1, -1, targets, -1)[valid], following[valid]
 
 
 def loss_on_batch(model: SequentialBackbone, batch: list[np.ndarray], loss: str, n_negatives: int,

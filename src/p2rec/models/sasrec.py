@@ -43,6 +43,17 @@ class _Block(nn.Module):
         # split + transpose (not a 5-d permute): its backward is a cheap concat, not a zero-fill
         return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
+    def _project(self, x: torch.Tensor, q_in: torch.Tensor, last_only: bool = False):
+        """Queries (every position, or the last only) from the normalised input ``q_in``; keys and values from
+        ``q_in`` too, or with ``keys: raw`` from the block input ``x`` (the authors' code)."""
+        d = x.shape[-1]
+        if not (last_only or self.raw_keys):  # all three from one input: one fused product
+            return tuple(self._heads(z) for z in self.qkv(q_in).split(d, -1))
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = self._heads(F.linear(q_in[:, -1:] if last_only else q_in, w[:d], bias[:d]))
+        k, v = (self._heads(z) for z in F.linear(x if self.raw_keys else q_in, w[d:], bias[d:]).split(d, -1))
+        return q, k, v
+
     def _finish(self, q_in: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = attn.shape
         x = q_in + self.attn_out_drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
@@ -54,14 +65,8 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """``mask=None``: no padding in the batch, plain causal attention (the fused kernel)."""
-        d = x.shape[-1]
         q_in = x if self.post else self.norm_attn(x)
-        if self.raw_keys:  # the authors' code: only the query is normalised, keys and values read the block input
-            w, bias = self.qkv.weight, self.qkv.bias
-            q = self._heads(F.linear(q_in, w[:d], bias[:d]))
-            k, v = (self._heads(z) for z in F.linear(x, w[d:], bias[d:]).split(d, -1))
-        else:
-            q, k, v = (self._heads(z) for z in self.qkv(q_in).split(d, -1))
+        q, k, v = self._project(x, q_in)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
         out = self._finish(q_in, attn)
@@ -70,11 +75,8 @@ class _Block(nn.Module):
     def forward_last(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Output at the last position only (scoring, prefix samples): keys and values for every position, one
         query; in training with the same attention dropout as :meth:`forward`."""
-        d = x.shape[-1]
         q_in = x if self.post else self.norm_attn(x)
-        w, bias = self.qkv.weight, self.qkv.bias
-        q = self._heads(F.linear(q_in[:, -1:], w[:d], bias[:d]))
-        k, v = (self._heads(z) for z in F.linear(x if self.raw_keys else q_in, w[d:], bias[d:]).split(d, -1))
+        q, k, v = self._project(x, q_in, last_only=True)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
                                               dropout_p=self.attn_dropout if self.training else 0.0)
         return self._finish(q_in[:, -1:], attn)
