@@ -2,8 +2,8 @@
 import json
 import re
 
-from p2rec.config import dataset_seeds, train_settings, validate_config
-from p2rec.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on resources.gpu devices of its own
+from p2rec.workflow.config import dataset_seeds, train_settings, validate_config
+from p2rec.workflow.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on resources.gpu devices of its own
 
 config.update(validate_config(config))
 
@@ -36,7 +36,7 @@ def run_metrics():
 
 
 def final_targets():
-    # report_targets: p2rec.tables via rules/report.smk (tables, plots); llm_targets: rules/llm.smk (parsed categories)
+    # report_targets: p2rec.report.tables via rules/report.smk (tables, plots); llm_targets: rules/llm.smk (parsed categories)
     return run_metrics() + report_targets(config) + llm_targets(config)
 
 

@@ -1,6 +1,6 @@
 # Paper tables, figures and the Snakemake report (docs/tables.md). The inputs are the declared per-run
 # files of the configured grid: nothing here walks a directory, nothing appends to a shared file.
-from p2rec.tables import (llm_timing_files, main_caption, report_context, report_targets, rst_escape, run_files,
+from p2rec.report.tables import (llm_timing_files, main_caption, report_context, report_targets, rst_escape, run_files,
                           stage0_timing_files)
 
 REPORT_CONTEXT = report_context(config)

@@ -30,10 +30,10 @@ from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking
 from p2rec.io import markdown_rows, write_table_files
-from p2rec.losses import PRECISIONS
+from p2rec.models.losses import PRECISIONS
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import (environment, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch,
+from p2rec.training.trainer import (environment, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch,
                             training_pairs)
 
 COLUMNS = ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_eval_sec", "users_per_sec",

@@ -5,7 +5,7 @@
 - ``recompute``: row chunks, logits recomputed chunk by chunk in the backward pass (p2rec before the
   fused version; kept here as the baseline);
 - ``fused``: row chunks, the gradient summed in the forward pass from each chunk's softmax
-  (``p2rec.losses.chunked_softmax_ce``).
+  (``p2rec.models.losses.chunked_softmax_ce``).
 
 Each shape is a training batch: ``--rows`` target positions (256 = one batch of prefix samples), ``--items``
 classes. The ways are timed in turn, repeat after repeat, so load on a shared machine hits them alike;
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from p2rec import P2RecError
 from p2rec.io import command_line, markdown_rows, write_table_files
-from p2rec.losses import PRECISIONS, ce_chunk_rows, chunked_softmax_ce
-from p2rec.training import environment
+from p2rec.models.losses import PRECISIONS, ce_chunk_rows, chunked_softmax_ce
+from p2rec.training.trainer import environment
 
 
 class _RecomputeCE(torch.autograd.Function):

@@ -27,7 +27,7 @@ from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.io import command_line, markdown_rows, write_text
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import environment, resolve_device, seed_everything
+from p2rec.training.trainer import environment, resolve_device, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_backbones import time_evaluation  # noqa: E402  (the same timed pass as the backbone benchmark)

@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 
 from p2rec import P2RecError
-from p2rec.config import train_settings, validate_config
+from p2rec.workflow.config import train_settings, validate_config
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking, metrics_from_ranks
 from p2rec.io import command_line, markdown_rows, write_json, write_table_files, write_text
 from p2rec.models.registry import build_backbone
-from p2rec.training import environment, eval_batching, resolve_device, seed_everything, train_backbone
+from p2rec.training.trainer import environment, eval_batching, resolve_device, seed_everything, train_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("recbole_worker.py")

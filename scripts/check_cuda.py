@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from p2rec.config import validate_config  # noqa: E402
+from p2rec.workflow.config import validate_config  # noqa: E402
 from p2rec.data.sequences import read_sequences  # noqa: E402
 from p2rec.data.split import leave_one_out  # noqa: E402
 from p2rec.llm import categories as cat  # noqa: E402

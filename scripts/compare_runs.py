@@ -5,7 +5,7 @@ Each set is a folder of ``seed<N>/`` run folders (``ranks.csv.gz`` and ``metrics
 example a workflow cell ``results/runs/beauty/sasrec/none`` against the same cell rerun with another
 setting. Per metric: each user's score averaged over the seeds, the two-sided paired t-test over users,
 the relative difference with its seeded bootstrap 95% interval, and the seed-level paired test; the same
-statistics as the paper tables (p2rec.stats).
+statistics as the paper tables (p2rec.report.stats).
 
     python scripts/compare_runs.py --treatment experiments/bf16/runs/beauty/sasrec/none \\
         --comparator results/runs/beauty/sasrec/none --seeds 1 2 3 --out results/reproduction/bf16_beauty_sasrec
@@ -23,7 +23,7 @@ import pandas as pd
 
 from p2rec import P2RecError
 from p2rec.io import command_line, markdown_rows, write_table_files
-from p2rec.stats import compare_seeds, compare_users, user_means_over_seeds
+from p2rec.report.stats import compare_seeds, compare_users, user_means_over_seeds
 
 COLUMNS = ["metric", "treatment", "comparator", "effect", "ci_low", "ci_high", "p_users", "n_users",
            "p_seeds", "n_seeds", "best_epochs_treatment", "best_epochs_comparator"]

@@ -10,7 +10,7 @@ Writes into --out:
   categories.csv                        dataset, comparison, ari, nmi, items (rows of other datasets kept)
 
 The t-test is two-sided and paired over test users, on each user's metric averaged over the seeds both
-variants share (p2rec.stats.compare_users, as in the workflow's tables); per-seed tests are listed too.
+variants share (p2rec.report.stats.compare_users, as in the workflow's tables); per-seed tests are listed too.
 
     python scripts/p2rec_summary.py --dataset beauty --backbone sasrec --out results/p2rec
 """
@@ -26,8 +26,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from p2rec.stats import compare_users, user_means_over_seeds  # noqa: E402
-from p2rec.tables import find_runs, load_runs  # noqa: E402
+from p2rec.report.stats import compare_users, user_means_over_seeds  # noqa: E402
+from p2rec.report.tables import find_runs, load_runs  # noqa: E402
 
 METRICS = ["hr@10", "ndcg@10"]
 

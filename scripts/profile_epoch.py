@@ -19,9 +19,9 @@ import torch
 from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
-from p2rec.losses import PRECISIONS, chunked_softmax_ce
+from p2rec.models.losses import PRECISIONS, chunked_softmax_ce
 from p2rec.models.registry import build_backbone
-from p2rec.training import (batch_hidden, environment, make_batches, make_optimizer, training_pairs,
+from p2rec.training.trainer import (batch_hidden, environment, make_batches, make_optimizer, training_pairs,
                             training_prefixes)
 
 

@@ -2,7 +2,7 @@
 
 The workflow places one training job per device; a single large GPU is mostly idle under one small
 recommender, so this script runs several `python -m p2rec train` processes side by side on it instead. Every
-run gets exactly the settings the workflow would give it (`p2rec.config.train_settings` on the same
+run gets exactly the settings the workflow would give it (`p2rec.workflow.config.train_settings` on the same
 config.yaml), with `train.loss` set per grid cell, and writes the same run folder:
 
     OUT/{loss}/{dataset}/{backbone}/none/seed{seed}/{metrics.json, ranks.csv.gz, timing.json, ...}
@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from p2rec.config import train_settings, validate_config  # noqa: E402
+from p2rec.workflow.config import train_settings, validate_config  # noqa: E402
 
 
 def grid_cells(datasets, backbones, losses, seeds):

@@ -23,7 +23,7 @@ import torch
 from p2rec import P2RecError
 from p2rec.evaluation import pad_left
 from p2rec.io import command_line, markdown_rows, write_table_files
-from p2rec.training import resolve_device
+from p2rec.training.trainer import resolve_device
 
 COLUMNS = ["model", "precision", "best_epoch", "hr@10", "ndcg@10", "hr@10_masked", "ndcg@10_masked",
            "users", "mean_seen_above_target", "share_any_seen_above_target", "share_last_seen_above_target"]

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from p2rec import P2RecError
-from p2rec.config import train_settings, validate_config
+from p2rec.workflow.config import train_settings, validate_config
 from p2rec.evaluation import full_ranking, pad_left, ranks_from_scores
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.training import batch_hidden, eval_batching, loss_on_batch, training_pairs, training_prefixes
+from p2rec.training.trainer import batch_hidden, eval_batching, loss_on_batch, training_pairs, training_prefixes
 
 NAMES = sorted(BACKBONES)
 NUM_ITEMS, HIDDEN, MAX_LEN = 40, 16, 20
@@ -455,7 +455,7 @@ def test_prefix_samples_give_the_one_pass_loss_where_states_depend_on_the_prefix
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_epoch_through_the_trainer_from_config(name, tmp_path):
-    from p2rec.runner import run_training
+    from p2rec.training.runner import run_training
 
     rng = np.random.default_rng(2)
     lines = [f"{u} " + " ".join(map(str, rng.choice(np.arange(1, 31), size=rng.integers(4, 9), replace=False)))
@@ -670,7 +670,7 @@ def test_recbole_best_epoch_follows_its_early_stopping_rule():
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
 def test_chunked_cross_entropy_matches_plain_cross_entropy(chunk):
-    from p2rec.losses import ce_chunk_rows, chunked_softmax_ce
+    from p2rec.models.losses import ce_chunk_rows, chunked_softmax_ce
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(50, 8, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -689,7 +689,7 @@ def test_chunked_cross_entropy_matches_plain_cross_entropy(chunk):
 
 
 def test_cross_entropy_survives_an_underflowing_target_and_runs_without_gradients():
-    from p2rec.losses import chunked_softmax_ce
+    from p2rec.models.losses import chunked_softmax_ce
 
     # row 0's target is ~200 logits below the best class: its probability underflows to 0 in float32, so
     # its log-sum-exp is computed in full instead of from the target's probability
@@ -710,7 +710,7 @@ def test_cross_entropy_survives_an_underflowing_target_and_runs_without_gradient
 
 
 def test_optimizer_is_adam_fused_on_cpu():
-    from p2rec.training import make_optimizer
+    from p2rec.training.trainer import make_optimizer
 
     model = torch.nn.Linear(3, 2)
     opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"))
@@ -753,7 +753,7 @@ def test_epoch_profile_splits_an_epoch_into_parts(tiny_data, capsys, samples):
 
 
 def test_bf16_cross_entropy_stays_close_to_full_precision():
-    from p2rec.losses import chunked_softmax_ce
+    from p2rec.models.losses import chunked_softmax_ce
 
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(300, 32, generator=gen, requires_grad=True)
@@ -773,7 +773,7 @@ def test_bf16_cross_entropy_stays_close_to_full_precision():
 
 
 def test_precision_is_checked_against_the_loss_and_the_schema(tmp_path):
-    from p2rec.runner import run_training
+    from p2rec.training.runner import run_training
 
     data = tmp_path / "sequences.txt"
     data.write_text("".join(f"{u} 1 2 3 4 5\n" for u in range(1, 6)), encoding="utf-8")

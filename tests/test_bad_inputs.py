@@ -19,10 +19,10 @@ import torch
 import yaml
 
 from p2rec import P2RecError
-from p2rec.config import validate_config
+from p2rec.workflow.config import validate_config
 from p2rec.io import sha256_file
-from p2rec.prepare import prepare_dataset
-from p2rec.runner import run_training
+from p2rec.data.prepare import prepare_dataset
+from p2rec.training.runner import run_training
 from tests.conftest import REPO
 
 SETTINGS = {

@@ -63,7 +63,7 @@ def test_split_keeps_validation_and_test_out_of_training(write_lines):
 
 def test_training_pairs_never_contain_held_out_items(tiny_sequences):
     from p2rec.data.sequences import SequenceData
-    from p2rec.training import training_pairs
+    from p2rec.training.trainer import training_pairs
 
     users, seqs = tiny_sequences
     data = SequenceData(users, [np.asarray(s) for s in seqs], 30)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from p2rec.config import check_settings
+from p2rec.workflow.config import check_settings
 from p2rec.data.sequences import SequenceData
 from p2rec.data.split import leave_one_out
 from p2rec.data.synthetic import generate
 from p2rec.models.registry import BACKBONES, build_backbone
-from p2rec.prepare import prepare_dataset
-from p2rec.runner import run_training
-from p2rec.training import _evaluate, seed_everything, train_backbone
+from p2rec.data.prepare import prepare_dataset
+from p2rec.training.runner import run_training
+from p2rec.training.trainer import _evaluate, seed_everything, train_backbone
 
 # Backbones whose scores depend on how much left padding a batch has (so on the evaluation batch size).
 # Strict: once fixed, the xfail turns into a failure and the entry must go.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from p2rec import P2RecError
-from p2rec import gpu
+from p2rec.workflow import gpu
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "gpu_workflow"
@@ -33,7 +33,7 @@ SHOW = "import os, sys; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.e
 
 
 def lease_cmd(n: int, *command: str, timeout: float | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "p2rec.gpu_lease", "--n", str(n), "--poll", "0.1"]
+    cmd = [sys.executable, "-m", "p2rec.workflow.gpu_lease", "--n", str(n), "--poll", "0.1"]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
     return cmd + ["--", *command]
@@ -203,4 +203,4 @@ def test_timeout_message_and_bad_input(tmp_path):
 
 
 def test_rule_helper_names_no_path():
-    assert gpu.lease_shell("cmd > {log} 2>&1") == "python -m p2rec.gpu_lease --n {resources.gpu} -- cmd > {log} 2>&1"
+    assert gpu.lease_shell("cmd > {log} 2>&1") == "python -m p2rec.workflow.gpu_lease --n {resources.gpu} -- cmd > {log} 2>&1"

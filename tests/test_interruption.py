@@ -23,12 +23,12 @@ import torch
 
 from p2rec import P2RecError
 from p2rec import io as p2io
-from p2rec.config import check_settings
+from p2rec.workflow.config import check_settings
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.models.registry import build_backbone
-from p2rec.runner import run_training
-from p2rec.training import seed_everything, train_backbone
+from p2rec.training.runner import run_training
+from p2rec.training.trainer import seed_everything, train_backbone
 
 SETTINGS = {
     "backbone": "sasrec",

@@ -13,13 +13,13 @@ import hashlib
 import numpy as np
 import pytest
 
-import p2rec.training as training
-from p2rec.config import check_settings
+import p2rec.training.trainer as training
+from p2rec.workflow.config import check_settings
 from p2rec.data.sequences import SequenceData, format_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.data.synthetic import generate
 from p2rec.models.registry import build_backbone
-from p2rec.runner import run_training
+from p2rec.training.runner import run_training
 
 _REAL_EVALUATE = training._evaluate
 SETTINGS = check_settings({"backbone": "sasrec", "model": {"num_layers": 1},

@@ -371,7 +371,7 @@ def test_sft_rejects_mismatched_inputs_and_writes_nothing(stage_inputs, tiny_llm
 def test_llm_settings_hold_only_what_each_stage_reads():
     import yaml
 
-    from p2rec.config import validate_config
+    from p2rec.workflow.config import validate_config
     from p2rec.llm import settings as st
     from tests.conftest import REPO
 

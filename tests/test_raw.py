@@ -18,7 +18,7 @@ from p2rec import P2RecError
 from p2rec.data import raw
 from p2rec.data.raw import RAW_SOURCES, sequence_data
 from p2rec.io import read_json
-from p2rec.prepare import prepare_dataset
+from p2rec.data.prepare import prepare_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "raw"
 

@@ -10,7 +10,7 @@ import yaml
 
 from p2rec import P2RecError
 from p2rec.io import read_json, sha256_file
-from p2rec.prepare import prepare_dataset
+from p2rec.data.prepare import prepare_dataset
 from tests.conftest import REPO, require_standard_data
 
 pytestmark = pytest.mark.realdata

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2rec.gpu import lease_shell
+from p2rec.workflow.gpu import lease_shell
 from p2rec.llm import sft
 from p2rec.llm.settings import requested_gpus, sft_launcher
 from tests.test_llm import adapter_tensors, run, sft_settings, stage_inputs, tiny_llm  # noqa: F401 (fixtures)
@@ -99,7 +99,7 @@ def test_launcher_is_torchrun_only_for_several_gpus():
     assert lease_shell(sft_launcher(1) + body) == lease_shell("{P2REC}" + body)
     assert sft_launcher(0) == "{P2REC}"
     multi = lease_shell(sft_launcher(2) + body)
-    assert multi.startswith("python -m p2rec.gpu_lease --n {resources.gpu} -- python -m torch.distributed.run "
+    assert multi.startswith("python -m p2rec.workflow.gpu_lease --n {resources.gpu} -- python -m torch.distributed.run "
                             "--standalone --nproc_per_node {resources.gpu} -m p2rec sft ")
     assert requested_gpus({}, "llm_sft") == 1
     assert requested_gpus({"llm_sft": {"gpu": 2}}, "llm_sft") == 2

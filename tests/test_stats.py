@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from p2rec.stats import (compare_seeds, compare_users, holm, paired_permutation_test, paired_ttest, relative_effect,
+from p2rec.report.stats import (compare_seeds, compare_users, holm, paired_permutation_test, paired_ttest, relative_effect,
                          user_means_over_seeds)
 
 A = np.array([0.50, 0.00, 1.00, 0.63, 0.39, 0.00, 1.00, 0.43, 0.31, 0.00])

@@ -24,8 +24,8 @@ from scipy import stats
 
 from p2rec.cli import main as cli
 from p2rec.evaluation import per_user_metric
-from p2rec.stats import holm
-from p2rec.tables import build_tables, llm_text, load_run, report_context, report_settings, write_failed_run
+from p2rec.report.stats import holm
+from p2rec.report.tables import build_tables, llm_text, load_run, report_context, report_settings, write_failed_run
 from tests.conftest import REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -153,7 +153,7 @@ def test_llm_caption_is_independent_of_key_order_and_lists_only_the_tables_datas
     assert "synthetic" not in text
     assert "dataset_overrides.synthetic.instance.max_samples=500" in llm_text(llm)  # no table datasets given: all
     # sampled protocol and history masking off are read from the runs' resolved settings
-    from p2rec.tables import protocol_text
+    from p2rec.report.tables import protocol_text
 
     assert "99 sampled negatives" in protocol_text([{"mode": "sampled", "n_sampled": 99, "mask_history": True}])
     assert "not masked" in protocol_text([{"mode": "full", "mask_history": False}])
@@ -300,7 +300,7 @@ def test_tables_refuse_bad_input_naming_the_file(tmp_path):
 
 
 def test_train_records_a_failure_instead_of_stopping(tmp_path, capsys):
-    from p2rec.config import train_settings, validate_config
+    from p2rec.workflow.config import train_settings, validate_config
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     settings = json.dumps(train_settings(config, "synthetic", "sasrec"))
@@ -321,7 +321,7 @@ def test_train_records_a_failure_instead_of_stopping(tmp_path, capsys):
 
 def test_report_context_reads_the_configuration():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    from p2rec.config import validate_config
+    from p2rec.workflow.config import validate_config
 
     context = report_context(validate_config(config))
     assert context["grid"]["variants"] == config["variants"]
@@ -439,7 +439,7 @@ def test_p2rec_summary_script_reports_per_seed_scores_and_user_level_ttests(tmp_
 
 # ----------------------------------------------------------------------------------------------- dataset seeds
 def test_dataset_seeds_narrow_the_expected_grid_of_one_dataset():
-    from p2rec.tables import build_grid, load_runs
+    from p2rec.report.tables import build_grid, load_runs
 
     runs = load_runs(sorted(RUNS.glob("*/*/*/seed*/metrics.json")))
     order = {"datasets": ["toy", "mini"], "backbones": ["sasrec"], "variants": ["none", "p2rec"], "seeds": [1, 2]}
@@ -454,7 +454,7 @@ def test_dataset_seeds_narrow_the_expected_grid_of_one_dataset():
 
 
 def test_seeds_caption_per_dataset_only_where_they_differ():
-    from p2rec.tables import seeds_text
+    from p2rec.report.tables import seeds_text
 
     assert seeds_text([1, 2, 3]) == "3 seeds (1, 2, 3)"
     assert seeds_text({"beauty": [1, 2, 3], "yelp": [1, 2, 3]}) == "3 seeds (1, 2, 3)"
@@ -463,9 +463,9 @@ def test_seeds_caption_per_dataset_only_where_they_differ():
 
 def test_dataset_seeds_in_config_files_and_filters(tmp_path):
     from p2rec import P2RecError
-    from p2rec.config import dataset_seeds, validate_config
-    from p2rec.report_stage import in_grid
-    from p2rec.tables import run_files
+    from p2rec.workflow.config import dataset_seeds, validate_config
+    from p2rec.report.commands import in_grid
+    from p2rec.report.tables import run_files
 
     raw = {**yaml.safe_load((REPO / "config.yaml").read_text()), "datasets": ["synthetic"], "backbones": ["sasrec"],
            "variants": ["none"], "seeds": [1, 2, 3], "dataset_seeds": {"synthetic": ["1"]}}

@@ -14,8 +14,8 @@ from p2rec import P2RecError
 
 STAGE_MODULES = [
     "p2rec.commands",  # prepare, train, gather, check-config
-    "p2rec.report_stage",  # collect, tables, plots
-    "p2rec.gpu_lease",  # lease (run a command on N GPUs of its own)
+    "p2rec.report.commands",  # collect, tables, plots
+    "p2rec.workflow.gpu_lease",  # lease (run a command on N GPUs of its own)
     "p2rec.llm.commands",  # convert-llm, categories, sft, extract, reduce, parse-eval
 ]
 

@@ -57,14 +57,14 @@ def _flag(text: str) -> bool:
 
 
 def _prepare(args):
-    from p2rec.prepare import prepare_dataset
+    from p2rec.data.prepare import prepare_dataset
 
     stats = prepare_dataset(args.name, args.entry, args.data_dir, args.raw_dir, args.out_dir)
     print(json.dumps({k: stats[k] for k in ("users", "items", "interactions")}))
 
 
 def _train(args):
-    from p2rec.runner import run_training
+    from p2rec.training.runner import run_training
 
     try:
         metrics = run_training(args.data, args.settings, args.seed, args.out_dir, item_init=args.item_init,
@@ -74,7 +74,7 @@ def _train(args):
             raise
         import traceback
 
-        from p2rec.tables import write_failed_run
+        from p2rec.report.tables import write_failed_run
 
         traceback.print_exc()
         reason = f"{type(err).__name__}: {err}"
@@ -85,7 +85,7 @@ def _train(args):
 
 
 def _gather(args):
-    from p2rec.tables import build_tables, read_context
+    from p2rec.report.tables import build_tables, read_context
 
     written = build_tables(args.metrics, args.out_dir, read_context(args.context), sft_timings=args.sft_timing,
                            stage0_timings=args.stage0_timing)
@@ -96,7 +96,7 @@ def _check_config(args):
     import yaml
 
     from p2rec import P2RecError
-    from p2rec.config import validate_config
+    from p2rec.workflow.config import validate_config
 
     try:
         with open(args.config, encoding="utf-8") as fh:

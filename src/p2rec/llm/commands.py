@@ -196,7 +196,7 @@ def _sft_bench_table(args):
 def _sft_bench(args):
     import torch
 
-    from p2rec.config import load_schema
+    from p2rec.workflow.config import load_schema
     from p2rec.io import write_json
     from p2rec.llm.bench import bench_sft
     from p2rec.llm.loading import PACKAGED, convert_packaged

@@ -15,7 +15,7 @@ import copy
 import jsonschema
 
 from p2rec import P2RecError
-from p2rec.config import load_schema, train_settings
+from p2rec.workflow.config import load_schema, train_settings
 
 #: bump when the code of a stage changes what it writes (an explicit rerun trigger, passed as a rule param)
 CODE_VERSIONS = {"convert": "convert-1", "categories": "categories-1", "sft": "sft-1", "extract": "extract-1",

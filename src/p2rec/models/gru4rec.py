@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from p2rec.losses import FastDropout
+from p2rec.models.losses import FastDropout
 from p2rec.models.base import SequentialBackbone
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from p2rec import P2RecError
-from p2rec.losses import FastDropout
+from p2rec.models.losses import FastDropout
 from p2rec.models.base import SequentialBackbone
 
 

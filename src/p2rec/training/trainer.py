@@ -27,7 +27,7 @@ from p2rec import P2RecError, __version__
 from p2rec.data.split import LeaveOneOut
 from p2rec.evaluation import full_ranking, metrics_from_ranks, pad_left
 from p2rec.io import atomic_path
-from p2rec.losses import chunked_softmax_ce
+from p2rec.models.losses import chunked_softmax_ce
 from p2rec.models.base import SequentialBackbone
 
 

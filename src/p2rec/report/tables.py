@@ -33,7 +33,7 @@ import pandas as pd
 from p2rec import P2RecError
 from p2rec.evaluation import per_user_metric
 from p2rec.io import atomic_path, read_json, write_json, write_text
-from p2rec.stats import adjust, compare_seeds, compare_users
+from p2rec.report.stats import adjust, compare_seeds, compare_users
 
 RUN_FILES = ("metrics.json", "ranks.csv.gz", "timing.json", "config.json", "history.csv")
 SIG_MARK = {"md": "†", "tex": r"$^{\dagger}$", "text": "†"}
@@ -47,7 +47,7 @@ def report_settings(report: dict | None = None) -> dict:
     """The ``report`` block with schema defaults filled and validated (errors name the key)."""
     import jsonschema
 
-    from p2rec.config import load_schema
+    from p2rec.workflow.config import load_schema
 
     schema = load_schema()["properties"]["report"]
     settings = copy.deepcopy(dict(report or {}))
@@ -246,7 +246,7 @@ class Cell:
         return "partial" if self.failed else "ok"
 
     def user_means(self, metric: str) -> pd.Series:
-        from p2rec.stats import user_means_over_seeds
+        from p2rec.report.stats import user_means_over_seeds
 
         return user_means_over_seeds({r.seed: r.ranks() for r in self.ok_runs}, metric)
 
@@ -302,7 +302,7 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
         by_key[key] = run
     names = ("datasets", "backbones", "variants", "seeds")
     if expect:
-        from p2rec.config import dataset_seeds
+        from p2rec.workflow.config import dataset_seeds
 
         lists = [list(order.get(n, [])) for n in names[:3]]
         for d in lists[0]:
@@ -462,7 +462,7 @@ def main_caption(context: dict, *, seeds: list[int] | dict[str, list[int]] | Non
     s = context["report"]
     variants = variants if variants is not None else context.get("grid", {}).get("variants", [])
     if seeds is None:
-        from p2rec.config import dataset_seeds
+        from p2rec.workflow.config import dataset_seeds
 
         grid = context.get("grid", {})
         seeds = ({d: dataset_seeds(grid, d) for d in grid.get("datasets", [])} if grid.get("dataset_seeds")
@@ -965,7 +965,7 @@ def read_context(text_or_path: str | None) -> dict:
     if not text_or_path.lstrip().startswith("{") and path.exists():
         import yaml
 
-        from p2rec.config import validate_config
+        from p2rec.workflow.config import validate_config
 
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -991,7 +991,7 @@ PLOT_KINDS = ("scores", "convergence")
 
 def run_files(config: dict, name: str, datasets: list[str] | None = None) -> list[str]:
     """``name`` (metrics.json, ranks.csv.gz, ...) of every configured run, optionally of some datasets only."""
-    from p2rec.config import dataset_seeds
+    from p2rec.workflow.config import dataset_seeds
 
     return [f"results/runs/{d}/{b}/{v}/seed{s}/{name}" for d in (datasets or config["datasets"])
             for b in config["backbones"] for v in config["variants"] for s in dataset_seeds(config, d)]

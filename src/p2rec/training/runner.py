@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from p2rec import P2RecError
-from p2rec.config import check_settings
+from p2rec.workflow.config import check_settings
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import sample_negatives
 from p2rec.io import read_npy, atomic_path, ensure_dir, save_npy, write_json, write_ranks, write_text
 from p2rec.models.registry import build_backbone
-from p2rec.training import seed_everything, train_backbone
+from p2rec.training.trainer import seed_everything, train_backbone
 
 
 def load_item_init(path: str | Path) -> np.ndarray:

@@ -36,14 +36,14 @@ def register(sub) -> None:
 
 
 def _collect(args):
-    from p2rec.tables import collect_runs
+    from p2rec.report.tables import collect_runs
 
     n = collect_runs(args.runs, args.out, llm_dir=args.llm, pretrain_dir=args.pretrain)
     print(json.dumps({"runs": n, "out": args.out}))
 
 
 def _tables(args):
-    from p2rec.tables import build_tables, find_runs, find_sft_timings, find_stage0_timings, read_context
+    from p2rec.report.tables import build_tables, find_runs, find_sft_timings, find_stage0_timings, read_context
 
     context = read_context(args.config)
     paths = find_runs(args.source)
@@ -67,8 +67,8 @@ def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list
     grid's cells only."""
     from pathlib import Path
 
-    from p2rec.config import dataset_seeds
-    from p2rec.tables import run_key
+    from p2rec.workflow.config import dataset_seeds
+    from p2rec.report.tables import run_key
 
     datasets, variants = grid.get("datasets", []), grid.get("variants", [])
 
@@ -83,7 +83,7 @@ def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list
 
 
 def _plots(args):
-    from p2rec.tables import read_context
+    from p2rec.report.tables import read_context
 
     if not args.metrics and not args.sft_timing:
         raise P2RecError("plots: give --metrics and/or --sft-timing")
@@ -94,8 +94,8 @@ def _plots(args):
 def _draw(metrics, timings, context, out_dir):
     from pathlib import Path
 
-    from p2rec.plots import dataset_plots, plot_sft_efficiency
-    from p2rec.tables import report_settings
+    from p2rec.report.plots import dataset_plots, plot_sft_efficiency
+    from p2rec.report.tables import report_settings
 
     settings = report_settings(context.get("report"))
     written = []

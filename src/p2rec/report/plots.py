@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 
 from p2rec import P2RecError  # noqa: E402
 from p2rec.io import atomic_path  # noqa: E402
-from p2rec.stats import mean_interval  # noqa: E402
-from p2rec.tables import Grid, build_grid, load_runs, sft_timing_records  # noqa: E402
+from p2rec.report.stats import mean_interval  # noqa: E402
+from p2rec.report.tables import Grid, build_grid, load_runs, sft_timing_records  # noqa: E402
 
 FORMATS = ("png", "pdf")
 

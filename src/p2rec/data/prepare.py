@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from p2rec import P2RecError
-from p2rec.config import validate_catalog_entry
+from p2rec.workflow.config import validate_catalog_entry
 from p2rec.data.sequences import SequenceData, format_sequences, read_sequences, sequence_stats
 from p2rec.io import atomic_path, sha256_file, write_json, write_text
 

@@ -1,6 +1,6 @@
-"""``python -m p2rec.gpu_lease --n N -- command ...``: run a command on N GPUs of its own.
+"""``python -m p2rec.workflow.gpu_lease --n N -- command ...``: run a command on N GPUs of its own.
 
-Also available as ``python -m p2rec lease --n N -- command ...``. See p2rec.gpu for how devices are found
+Also available as ``python -m p2rec lease --n N -- command ...``. See p2rec.workflow.gpu for how devices are found
 and held. Every workflow rule with ``resources: gpu=N`` runs its command this way (rules/common.smk).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    from p2rec.gpu import run_leased
+    from p2rec.workflow.gpu import run_leased
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m p2rec.gpu_lease", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m p2rec.workflow.gpu_lease", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -281,7 +281,7 @@ def run_leased(n: int, command: Sequence[str], *, lock_dir: str | None = None, t
                poll: float = 2.0, say: Callable[[str], None] | None = None) -> int:
     """Lease, then replace this process by the command (the locks stay open in it). Returns only on error."""
     if not command:
-        raise P2RecError("no command given (usage: python -m p2rec.gpu_lease --n N -- command ...)")
+        raise P2RecError("no command given (usage: python -m p2rec.workflow.gpu_lease --n N -- command ...)")
     say = say or _say
     placement = place(n, lock_dir=lock_dir, timeout=timeout, poll=poll, say=say,
                       note=shlex.join(command)[:200])
@@ -303,4 +303,4 @@ def lease_shell(command: str, gpus: str = "{resources.gpu}") -> str:
     The prefix names no path, so cached rules hash the same in every workflow directory. ``command``
     must be one command (redirections are fine): wrap ``a && b`` as ``bash -c '...'``.
     """
-    return f"python -m p2rec.gpu_lease --n {gpus} -- {command}"
+    return f"python -m p2rec.workflow.gpu_lease --n {gpus} -- {command}"
