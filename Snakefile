@@ -16,6 +16,7 @@ include: "rules/pretrain.smk"
 include: "rules/llm.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"
+include: "rules/publish.smk"
 
 
 rule all:

@@ -1,13 +1,27 @@
-# Helpers shared by the rules: config validation, wildcard constraints, the target list.
+# Helpers shared by the rules: config validation, the experiment's folders, wildcard constraints, targets.
 import json
 import re
+from pathlib import Path
 
-from p2rec.workflow.config import dataset_seeds, train_settings, validate_config
+from p2rec.workflow import targets as T
+from p2rec.workflow.config import train_settings, validate_config
+from p2rec.workflow.experiment import check_experiment, published_root, work_root
+from p2rec.workflow.versions import stage_version
 from p2rec.workflow.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on resources.gpu devices of its own
 
 config.update(validate_config(config))
+check_experiment(config, workflow.basedir)
 
 P2REC = "python -m p2rec"
+# working files of this experiment (ignored by git) and its published folder (committed)
+WORK = work_root(config)
+PUBLISHED = published_root(config)
+CPU_ENV = "../envs/cpu.yaml"
+
+
+def W(path):
+    """A path inside the experiment's working folder."""
+    return f"{WORK}/{path}"
 
 
 def _alternatives(names):
@@ -21,23 +35,8 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def run_dir(dataset, backbone, variant, seed):
-    return f"results/runs/{dataset}/{backbone}/{variant}/seed{seed}"
-
-
-def run_metrics():
-    return [
-        f"{run_dir(d, b, v, s)}/metrics.json"
-        for d in config["datasets"]
-        for b in config["backbones"]
-        for v in config["variants"]
-        for s in dataset_seeds(config, d)
-    ]
-
-
 def final_targets():
-    # report_targets: p2rec.report.tables via rules/report.smk (tables, plots); llm_targets: rules/llm.smk (parsed categories)
-    return run_metrics() + report_targets(config) + llm_targets(config)
+    return [f"{PUBLISHED}/MANIFEST.json"]
 
 
 def data_entry(dataset):
@@ -50,12 +49,25 @@ def settings_json(wildcards):
     return json.dumps(train_settings(config, wildcards.dataset, wildcards.backbone), sort_keys=True)
 
 
+def _run_key(w):
+    return w.dataset, w.backbone, w.variant, int(w.seed)
+
+
+def run_provenance(wildcards):
+    """The run's lineage: settings, code versions and upstream stages (its hash is the rerun trigger)."""
+    return json.dumps(T.lineage(config, *_run_key(wildcards)), sort_keys=True)
+
+
+def restore_flag(wildcards):
+    if T.restorable(config, *_run_key(wildcards)):
+        return f"--restore-from {PUBLISHED}/{T.run_dir(*_run_key(wildcards))}"
+    return ""
+
+
 def item_init_input(wildcards):
-    template = config["variant_catalog"][wildcards.variant].get("item_init")
-    if not template:
-        return []
-    hidden = train_settings(config, wildcards.dataset, wildcards.backbone)["train"]["hidden"]
-    return [template.format(dataset=wildcards.dataset, hidden=hidden)]
+    # a run restored from its published copy needs nothing upstream
+    path = T.item_init_file(config, wildcards.dataset, wildcards.backbone, wildcards.variant)
+    return [path] if path and not T.restorable(config, *_run_key(wildcards)) else []
 
 
 def item_init_flag(wildcards, input):

@@ -2,12 +2,10 @@
 # `instance`) -> extraction -> reduction to each backbone hidden size. Params hold only the llm settings
 # each rule reads plus a code version (p2rec.llm.settings), so backbone settings never rerun these rules.
 from p2rec.llm.settings import (
-    CODE_VERSIONS,
     SFT_MODE,
     categories_settings,
     extract_settings,
     llm_config,
-    llm_targets,
     model_input,
     reduce_settings,
     requested_gpus,
@@ -37,82 +35,90 @@ rule convert_llm:
     output:
         directory(config["llm"]["converted_dir"]),
     params:
-        code_version=CODE_VERSIONS["convert"],
+        code_version=stage_version("convert"),
     log:
-        "results/logs/llm/convert.log",
+        W("logs/llm/convert.log"),
+    conda:
+        CPU_ENV
     shell:
         "{P2REC} convert-llm --out {output} > {log} 2>&1"
 
 
 rule llm_categories:
     input:
-        data="results/data/{dataset}/sequences.txt",
-        table="results/pretrain/{dataset}/item_table.npy",
+        data=W("data/{dataset}/sequences.txt"),
+        table=W("pretrain/{dataset}/item_table.npy"),
     output:
-        categories="results/llm/{dataset}/categories/categories.npy",
-        g_u="results/llm/{dataset}/categories/g_u.npy",
-        users="results/llm/{dataset}/categories/users.txt",
-        summary="results/llm/{dataset}/categories/categories.json",
+        categories=W("llm/{dataset}/categories/categories.npy"),
+        g_u=W("llm/{dataset}/categories/g_u.npy"),
+        users=W("llm/{dataset}/categories/users.txt"),
+        summary=W("llm/{dataset}/categories/categories.json"),
     params:
         settings=lambda w: json.dumps(categories_settings(config, w.dataset), sort_keys=True),
-        code_version=CODE_VERSIONS["categories"],
+        code_version=stage_version("categories"),
     log:
-        "results/logs/llm/{dataset}/categories.log",
+        W("logs/llm/{dataset}/categories.log"),
+    conda:
+        CPU_ENV
     shell:
         "{P2REC} categories --data {input.data} --item-table {input.table} --settings {params.settings:q}"
-        " --out-dir results/llm/{wildcards.dataset}/categories > {log} 2>&1"
+        " --out-dir {WORK}/llm/{wildcards.dataset}/categories > {log} 2>&1"
 
 
 rule llm_sft:
     input:
-        data="results/data/{dataset}/sequences.txt",
-        table="results/pretrain/{dataset}/item_table.npy",
-        categories="results/llm/{dataset}/categories/categories.npy",
-        g_u=lambda w: ["results/llm/{dataset}/categories/g_u.npy"] if SFT_MODE[w.sft] == "user" else [],
+        data=W("data/{dataset}/sequences.txt"),
+        table=W("pretrain/{dataset}/item_table.npy"),
+        categories=W("llm/{dataset}/categories/categories.npy"),
+        g_u=lambda w: [W("llm/{dataset}/categories/g_u.npy")] if SFT_MODE[w.sft] == "user" else [],
         model=lambda w: model_input(config, w.dataset),
     output:
-        adapter=directory("results/llm/{dataset}/{sft}/adapter"),
-        timing="results/llm/{dataset}/{sft}/timing.json",
+        adapter=directory(W("llm/{dataset}/{sft}/adapter")),
+        timing=W("llm/{dataset}/{sft}/timing.json"),
     cache: True
     params:
         settings=lambda w: json.dumps(sft_settings(config, w.dataset, SFT_MODE[w.sft]), sort_keys=True),
         mode=lambda w: SFT_MODE[w.sft],
         g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
         model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
-        code_version=CODE_VERSIONS["sft"],
+        code_version=stage_version("sft"),
     threads: LLM_THREADS
     resources:
         gpu=1,
     log:
-        "results/logs/llm/{dataset}/sft_{sft}.log",
+        W("logs/llm/{dataset}/sft_{sft}.log"),
+    conda:
+        CPU_ENV
     shell:
         gpu_job(
             sft_launcher(SFT_GPUS) + " sft --mode {params.mode} --data {input.data} --item-table {input.table}"
             " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
-            " --out-dir results/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --threads {threads}"
+            " --out-dir {WORK}/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --threads {threads}"
             " > {log} 2>&1"
         )
 
 
 rule llm_extract:
     input:
-        adapter="results/llm/{dataset}/{sft}/adapter",
-        table="results/pretrain/{dataset}/item_table.npy",
+        adapter=W("llm/{dataset}/{sft}/adapter"),
+        table=W("pretrain/{dataset}/item_table.npy"),
         model=lambda w: model_input(config, w.dataset),
     output:
-        hidden="results/llm/{dataset}/{sft}/item_hidden.npy",
-        parsed="results/llm/{dataset}/{sft}/parsed_categories.npy",
-        timing="results/llm/{dataset}/{sft}/extract_timing.json",
+        hidden=W("llm/{dataset}/{sft}/item_hidden.npy"),
+        parsed=W("llm/{dataset}/{sft}/parsed_categories.npy"),
+        timing=W("llm/{dataset}/{sft}/extract_timing.json"),
     cache: True
     params:
         settings=lambda w: json.dumps(extract_settings(config, w.dataset), sort_keys=True),
         model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
-        code_version=CODE_VERSIONS["extract"],
+        code_version=stage_version("extract"),
     threads: LLM_THREADS
     resources:
         gpu=1,
     log:
-        "results/logs/llm/{dataset}/extract_{sft}.log",
+        W("logs/llm/{dataset}/extract_{sft}.log"),
+    conda:
+        CPU_ENV
     shell:
         gpu_job(
             "{P2REC} extract --adapter {input.adapter} --item-table {input.table} --model {params.model:q}"
@@ -123,16 +129,18 @@ rule llm_extract:
 
 rule llm_reduce:
     input:
-        hidden="results/llm/{dataset}/{sft}/item_hidden.npy",
-        stats="results/data/{dataset}/stats.json",
+        hidden=W("llm/{dataset}/{sft}/item_hidden.npy"),
+        stats=W("data/{dataset}/stats.json"),
     output:
-        table="results/llm/{dataset}/{sft}/item_init_d{hidden}.npy",
-        info="results/llm/{dataset}/{sft}/item_init_d{hidden}.json",
+        table=W("llm/{dataset}/{sft}/item_init_d{hidden}.npy"),
+        info=W("llm/{dataset}/{sft}/item_init_d{hidden}.json"),
     params:
         settings=lambda w: json.dumps(reduce_settings(w.hidden), sort_keys=True),
-        code_version=CODE_VERSIONS["reduce"],
+        code_version=stage_version("reduce"),
     log:
-        "results/logs/llm/{dataset}/reduce_{sft}_d{hidden}.log",
+        W("logs/llm/{dataset}/reduce_{sft}_d{hidden}.log"),
+    conda:
+        CPU_ENV
     shell:
         "{P2REC} reduce --input {input.hidden} --stats {input.stats} --settings {params.settings:q}"
         " --out {output.table} --info {output.info} > {log} 2>&1"
@@ -140,15 +148,17 @@ rule llm_reduce:
 
 rule llm_parse_eval:
     input:
-        categories="results/llm/{dataset}/categories/categories.npy",
-        parsed="results/llm/{dataset}/{sft}/parsed_categories.npy",
-        truth="results/data/{dataset}/truth.tsv",
+        categories=W("llm/{dataset}/categories/categories.npy"),
+        parsed=W("llm/{dataset}/{sft}/parsed_categories.npy"),
+        truth=W("data/{dataset}/truth.tsv"),
     output:
-        "results/llm/{dataset}/{sft}/parse_eval.json",
+        W("llm/{dataset}/{sft}/parse_eval.json"),
     params:
-        code_version=CODE_VERSIONS["parse"],
+        code_version=stage_version("parse"),
     log:
-        "results/logs/llm/{dataset}/parse_eval_{sft}.log",
+        W("logs/llm/{dataset}/parse_eval_{sft}.log"),
+    conda:
+        CPU_ENV
     shell:
         "{P2REC} parse-eval --categories {input.categories} --parsed {input.parsed} --truth {input.truth}"
         " --label {wildcards.dataset}/{wildcards.sft} --out {output} > {log} 2>&1"
@@ -156,10 +166,12 @@ rule llm_parse_eval:
 
 rule llm_parse_table:
     input:
-        [f for f in llm_targets(config) if f.endswith("parse_eval.json")],
+        T.parse_eval_files(config),
     output:
-        "results/tables/categories.csv",
+        W("tables/categories.csv"),
     log:
-        "results/logs/tables/categories.log",
+        W("logs/tables/categories.log"),
+    conda:
+        CPU_ENV
     shell:
         "{P2REC} parse-table --inputs {input} --out {output} > {log} 2>&1"

@@ -1,29 +1,31 @@
 # Stage 0 (METHOD.md section 4): the collaborative recommender trained once per dataset on the training
 # split; its item table is shared by every LLM variant and backbone. Configured by `pretrain` only
 # (p2rec.llm.settings.pretrain_settings), so sweeping a downstream backbone setting never retrains it.
-from p2rec.llm.settings import CODE_VERSIONS, pretrain_settings, reduce_settings
+from p2rec.llm.settings import pretrain_settings, reduce_settings
 
 
 rule pretrain_backbone:
     input:
-        data="results/data/{dataset}/sequences.txt",
+        data=W("data/{dataset}/sequences.txt"),
     output:
-        table="results/pretrain/{dataset}/item_table.npy",
-        metrics="results/pretrain/{dataset}/run/metrics.json",
-        timing="results/pretrain/{dataset}/run/timing.json",
+        table=W("pretrain/{dataset}/item_table.npy"),
+        metrics=W("pretrain/{dataset}/run/metrics.json"),
+        timing=W("pretrain/{dataset}/run/timing.json"),
     cache: True
     params:
         settings=lambda w: json.dumps(pretrain_settings(config, w.dataset), sort_keys=True),
         seed=config["pretrain"]["seed"],
-        code_version=CODE_VERSIONS["pretrain"],
+        code_version=stage_version("train", config["pretrain"]["backbone"]),
     resources:
         gpu=1,
     log:
-        "results/logs/pretrain/{dataset}.log",
+        W("logs/pretrain/{dataset}.log"),
+    conda:
+        CPU_ENV
     shell:
         gpu_job(
             "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {params.seed}"
-            " --out-dir results/pretrain/{wildcards.dataset}/run --save-item-table {output.table}"
+            " --out-dir {WORK}/pretrain/{wildcards.dataset}/run --save-item-table {output.table}"
             " --no-progress > {log} 2>&1"
         )
 
@@ -32,16 +34,18 @@ rule pretrain_backbone:
 # p2rec differ only in what is reduced.
 rule cf_init_table:
     input:
-        table="results/pretrain/{dataset}/item_table.npy",
-        stats="results/data/{dataset}/stats.json",
+        table=W("pretrain/{dataset}/item_table.npy"),
+        stats=W("data/{dataset}/stats.json"),
     output:
-        table="results/pretrain/{dataset}/item_init_d{hidden}.npy",
-        info="results/pretrain/{dataset}/item_init_d{hidden}.json",
+        table=W("pretrain/{dataset}/item_init_d{hidden}.npy"),
+        info=W("pretrain/{dataset}/item_init_d{hidden}.json"),
     params:
         settings=lambda w: json.dumps(reduce_settings(w.hidden), sort_keys=True),
-        code_version=CODE_VERSIONS["reduce"],
+        code_version=stage_version("reduce"),
     log:
-        "results/logs/pretrain/{dataset}/reduce_d{hidden}.log",
+        W("logs/pretrain/{dataset}/reduce_d{hidden}.log"),
+    conda:
+        CPU_ENV
     shell:
         "{P2REC} reduce --input {input.table} --stats {input.stats} --settings {params.settings:q}"
         " --out {output.table} --info {output.info} > {log} 2>&1"

@@ -1,24 +1,30 @@
 rule train_backbone:
     input:
-        data="results/data/{dataset}/sequences.txt",
+        data=W("data/{dataset}/sequences.txt"),
         item_init=item_init_input,
     output:
-        metrics="results/runs/{dataset}/{backbone}/{variant}/seed{seed}/metrics.json",
-        ranks="results/runs/{dataset}/{backbone}/{variant}/seed{seed}/ranks.csv.gz",
-        timing="results/runs/{dataset}/{backbone}/{variant}/seed{seed}/timing.json",
-        config="results/runs/{dataset}/{backbone}/{variant}/seed{seed}/config.json",
-        history="results/runs/{dataset}/{backbone}/{variant}/seed{seed}/history.csv",
+        metrics=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/metrics.json"),
+        ranks=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/ranks.csv.gz"),
+        timing=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/timing.json"),
+        config=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/config.json"),
+        history=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/history.csv"),
+        provenance=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/provenance.json"),
     params:
         settings=settings_json,
         init=item_init_flag,
-        code_version="train-1",
+        # code versions (derived from the source files) and upstream settings: the rerun trigger
+        provenance=run_provenance,
+        restore=restore_flag,
+        out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
         gpu=1,
     log:
-        "results/logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log",
+        W("logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log"),
+    conda:
+        CPU_ENV
     shell:
         gpu_job(
             "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {wildcards.seed}"
-            " --out-dir results/runs/{wildcards.dataset}/{wildcards.backbone}/{wildcards.variant}/seed{wildcards.seed}"
-            " {params.init} --no-progress --record-failure {config[report][record_failures]} > {log} 2>&1"
+            " --out-dir {params.out_dir} {params.init} --provenance {params.provenance:q} {params.restore}"
+            " --no-progress --record-failure {config[report][record_failures]} > {log} 2>&1"
         )

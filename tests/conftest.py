@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,18 @@ def tiny_sequences():
     users = np.arange(1, 41)
     seqs = [rng.choice(np.arange(1, 31), size=rng.integers(5, 12), replace=False) for _ in users]
     return users, seqs
+
+
+def run_snakemake(workdir: Path, *args: str, snakefile: Path | None = None, timeout: int = 900,
+                  env: dict | None = None, drop_env: tuple = ()) -> subprocess.CompletedProcess:
+    """The suite's workflow (or another Snakefile) run in ``workdir``, output captured: the one way tests call it."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"), "--directory", str(workdir),
+           *args]
+    full_env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    full_env.update(PYTHONUNBUFFERED="1", P2REC_GPUS="", **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=full_env)
+
+
+def work_path(workdir: Path, rel: str, experiment: str = "main") -> Path:
+    """A working file of an experiment run in ``workdir`` (``<work_dir>/<experiment>/<rel>``)."""
+    return Path(workdir) / "work" / experiment / rel

@@ -5,13 +5,12 @@ LLM rules (cache: True, code_version param, named outputs, timing.json as an out
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, run_snakemake
 SNAKEFILE = REPO / "tests" / "fixtures" / "cache_workflow" / "Snakefile"
 OUT = Path("results/llm/synthetic/sft")
 
@@ -91,7 +90,7 @@ def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(t
 
     llm = build_tiny_llm(tmp_path / "tiny_llm")
     (tmp_path / "cache").mkdir()
-    target = "results/llm/synthetic/p2rec/extract_timing.json"
+    target = "work/main/llm/synthetic/p2rec/extract_timing.json"
 
     def run(name: str, **llm_overrides) -> str:
         work = tmp_path / name
@@ -99,16 +98,13 @@ def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(t
         config = tiny_config(llm)
         config["llm"].update(llm_overrides)
         (work / "config.yaml").write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-        env.update(SNAKEMAKE_OUTPUT_CACHE=str(tmp_path / "cache"), P2REC_GPUS="",
-                   P2REC_GPU_LOCK_DIR=str(tmp_path / "locks"))
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
-               "--cache", "--", target]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+        env = dict(SNAKEMAKE_OUTPUT_CACHE=str(tmp_path / "cache"), P2REC_GPU_LOCK_DIR=str(tmp_path / "locks"))
+        proc = run_snakemake(work, "--cores", "2", "--cache", "--", target, timeout=600, env=env,
+                             drop_env=("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
-    sft = "results/llm/synthetic/p2rec"
+    sft = "work/main/llm/synthetic/p2rec"
     log = run("first")
     assert f"Moving output file {sft}/timing.json to cache." in log
     assert f"Moving output file {sft}/item_hidden.npy to cache." in log
@@ -117,9 +113,9 @@ def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(t
     assert f"Symlinking output file {sft}/item_hidden.npy from cache." in log
     assert f"Symlinking output file {sft}/extract_timing.json from cache." in log
     assert "to cache." not in log  # nothing computed again, stage 0 included
-    sft_log = tmp_path / "second" / "results/logs/llm/synthetic/sft_p2rec.log"
+    sft_log = tmp_path / "second" / "work/main/logs/llm/synthetic/sft_p2rec.log"
     assert not sft_log.exists() or sft_log.read_text() == ""  # the stage never ran there
     log = run("changed-lr", lr=0.001)
     assert f"Moving output file {sft}/timing.json to cache." in log  # a new LLM setting: computed again
-    assert "Symlinking output file results/pretrain/synthetic/item_table.npy from cache." in log  # stage 0 reused
-    assert "Moving output file results/pretrain/synthetic/item_table.npy to cache." not in log
+    assert "Symlinking output file work/main/pretrain/synthetic/item_table.npy from cache." in log  # stage 0 reused
+    assert "Moving output file work/main/pretrain/synthetic/item_table.npy to cache." not in log

@@ -5,10 +5,7 @@ that read it and what depends on them."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +13,14 @@ import pytest
 import yaml
 
 from p2rec.llm.tiny import build_tiny_llm
-from tests.conftest import REPO
+from tests.conftest import REPO, run_snakemake
 
 VARIANTS = ["none", "cf_init", "p2rec", "instance"]
 LLM_RULES = {"convert_llm", "llm_categories", "llm_sft", "llm_extract", "llm_reduce", "llm_parse_eval"}
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1", P2REC_GPUS=""))
+def snakemake(workdir: Path, *args: str, timeout: int = 900):
+    return run_snakemake(workdir, *args, timeout=timeout)
 
 
 def tiny_config(llm_folder: Path) -> dict:
@@ -73,25 +68,25 @@ def edited_copy(finished: Path, dest: Path, edit) -> Path:
 def test_default_grid_runs_end_to_end(finished_run):
     w = finished_run
     for variant in VARIANTS:
-        metrics = json.loads((w / f"results/runs/synthetic/sasrec/{variant}/seed1/metrics.json").read_text())
+        metrics = json.loads((w / f"work/main/runs/synthetic/sasrec/{variant}/seed1/metrics.json").read_text())
         assert metrics["status"] == "ok" and 0 <= metrics["test"]["ndcg@10"] <= 1
-        config = json.loads((w / f"results/runs/synthetic/sasrec/{variant}/seed1/config.json").read_text())
+        config = json.loads((w / f"work/main/runs/synthetic/sasrec/{variant}/seed1/config.json").read_text())
         assert (config["item_init"] is None) == (variant == "none")
-    n_items = json.loads((w / "results/data/synthetic/stats.json").read_text())["items"]
-    for path in ["results/pretrain/synthetic/item_init_d16.npy", "results/llm/synthetic/p2rec/item_init_d16.npy",
-                 "results/llm/synthetic/instance/item_init_d16.npy"]:
+    n_items = json.loads((w / "work/main/data/synthetic/stats.json").read_text())["items"]
+    for path in ["work/main/pretrain/synthetic/item_init_d16.npy", "work/main/llm/synthetic/p2rec/item_init_d16.npy",
+                 "work/main/llm/synthetic/instance/item_init_d16.npy"]:
         table = np.load(w / path)
         assert table.shape == (n_items + 1, 16) and np.all(table[0] == 0)
         assert table[1:].std() == pytest.approx(0.02, rel=1e-3)
-    user = json.loads((w / "results/llm/synthetic/p2rec/timing.json").read_text())
-    inst = json.loads((w / "results/llm/synthetic/instance/timing.json").read_text())
+    user = json.loads((w / "work/main/llm/synthetic/p2rec/timing.json").read_text())
+    inst = json.loads((w / "work/main/llm/synthetic/instance/timing.json").read_text())
     assert user["samples"] == user["users"] == 60 and user["extrapolated"] is False
     assert inst["samples"] == 40 and inst["extrapolated"] is True and inst["full_epoch"]["samples"] > 40
-    assert np.load(w / "results/llm/synthetic/categories/g_u.npy").shape == (60, 4)
-    assert np.load(w / "results/llm/synthetic/p2rec/item_hidden.npy").shape == (n_items + 1, 32)
-    rows = (w / "results/tables/categories.csv").read_text().splitlines()
+    assert np.load(w / "work/main/llm/synthetic/categories/g_u.npy").shape == (60, 4)
+    assert np.load(w / "work/main/llm/synthetic/p2rec/item_hidden.npy").shape == (n_items + 1, 32)
+    rows = (w / "work/main/tables/categories.csv").read_text().splitlines()
     assert rows[0] == "dataset,variant,comparison,items,ari,nmi" and len(rows) == 1 + 2 * 3
-    assert not list(w.glob("results/llm/**/checkpoint.pt"))
+    assert not list(w.glob("work/main/llm/**/checkpoint.pt"))
     assert jobs_to_run(w) == {}  # nothing left to do
 
 

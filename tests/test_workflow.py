@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_snakemake
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+def snakemake(workdir: Path, *args: str, timeout: int = 600):
+    return run_snakemake(workdir, *args, timeout=timeout)
 
 
 def write_config(workdir: Path, **overrides) -> dict:
@@ -76,7 +71,7 @@ def test_tiny_workflow_runs_end_to_end(tmp_path):
     proc = snakemake(tmp_path, "--cores", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for seed in (1, 2):
-        run = tmp_path / f"results/runs/synthetic/sasrec/none/seed{seed}"
+        run = tmp_path / f"work/main/runs/synthetic/sasrec/none/seed{seed}"
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["status"] == "ok" and 0 <= metrics["test"]["ndcg@10"] <= 1
         ranks = pd.read_csv(run / "ranks.csv.gz")
@@ -84,9 +79,9 @@ def test_tiny_workflow_runs_end_to_end(tmp_path):
         timing = json.loads((run / "timing.json").read_text())
         assert timing["epochs"] >= 1 and timing["device"] == "cpu"
         assert not (run / "checkpoint.pt").exists()
-    table = pd.read_csv(tmp_path / "results/tables/main.csv")
+    table = pd.read_csv(tmp_path / "work/main/tables/main.csv")
     assert len(table) >= 1
-    stats = json.loads((tmp_path / "results/data/synthetic/stats.json").read_text())
+    stats = json.loads((tmp_path / "work/main/data/synthetic/stats.json").read_text())
     assert stats["users"] > 0 and stats["length"]["min"] >= 5
     # nothing left to do: a second invocation is a no-op
     proc = snakemake(tmp_path, "-n", "--cores", "1")

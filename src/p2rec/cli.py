@@ -16,7 +16,9 @@ STAGE_MODULES = [
     "p2rec.commands",  # prepare, train, gather, check-config
     "p2rec.report.commands",  # collect, tables, plots
     "p2rec.workflow.gpu_lease",  # lease (run a command on N GPUs of its own)
+    "p2rec.workflow.commands",  # publish, status
     "p2rec.llm.commands",  # convert-llm, categories, sft, extract, reduce, parse-eval
+    "p2rec.bench.commands",  # bench <name>: benchmarks, profiles and comparisons outside the workflow
 ]
 
 

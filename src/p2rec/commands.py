@@ -24,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("--item-init", default=None, help=".npy item table [num_items+1, hidden]")
     p.add_argument("--save-item-table", default=None, help="write the trained item table here (.npy)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--provenance", type=json_arg, default=None,
+                   help="the run's lineage (JSON from p2rec.workflow.experiment.run_lineage): written to provenance.json")
+    p.add_argument("--restore-from", default=None,
+                   help="a published run folder: when its provenance has the same lineage, copy it instead of training")
     p.add_argument("--record-failure", nargs="?", const="true", default="false", type=_flag, metavar="BOOL",
                    help="on any error write a failed result (metrics.json status 'failed' + reason, empty "
                         "placeholders for the other run files) and exit 0, so the tables show 'failed' "
@@ -65,7 +69,12 @@ def _prepare(args):
 
 def _train(args):
     from p2rec.training.runner import run_training
+    from p2rec.workflow.experiment import restore_run, run_restorable
 
+    if args.restore_from and args.provenance and run_restorable(args.restore_from, args.provenance["lineage"]):
+        restore_run(args.restore_from, args.out_dir)
+        print(json.dumps({"status": "restored", "from": args.restore_from, "lineage": args.provenance["lineage"]}))
+        return 0
     try:
         metrics = run_training(args.data, args.settings, args.seed, args.out_dir, item_init=args.item_init,
                                save_item_table=args.save_item_table, progress=not args.no_progress)
@@ -79,9 +88,23 @@ def _train(args):
         traceback.print_exc()
         reason = f"{type(err).__name__}: {err}"
         write_failed_run(args.out_dir, args.seed, reason)
+        _write_provenance(args)
         print(json.dumps({"status": "failed", "reason": reason}))
         return 0
+    _write_provenance(args)
     print(json.dumps({"test": metrics["test"], "best_epoch": metrics["best_epoch"]}))
+
+
+def _write_provenance(args) -> None:
+    """provenance.json beside the run's files: its lineage, and the date it was computed (not restored)."""
+    import datetime as dt
+    from pathlib import Path
+
+    from p2rec.io import write_json
+
+    if args.provenance is not None:
+        stamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        write_json(Path(args.out_dir) / "provenance.json", {**args.provenance, "computed": stamp})
 
 
 def _gather(args):

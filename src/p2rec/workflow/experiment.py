@@ -1,0 +1,257 @@
+"""Experiments: where their working files and published results live, what a run's lineage is, and the
+publish / restore / status steps.
+
+An experiment is one published result set, made by ``snakemake --configfile experiments/<name>.yaml``.
+Its working files (checkpoints, hidden states, logs, per-run scratch) go to ``<work_dir>/<name>/`` (ignored
+by git); the publish rule copies the compact ones to ``<results_dir>/<name>/`` with a MANIFEST.json.
+
+A run's *lineage* is everything its numbers depend on that the workflow knows before running it: its
+settings and seed, the dataset entry (with its checksum), and the code version and settings of every stage
+that made its item table. Its hash is recorded in the run's ``provenance.json``; a published run with the
+lineage the current code and configuration give can be restored instead of retrained.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from p2rec import P2RecError
+from p2rec.io import read_json, write_json, write_text
+from p2rec.workflow.versions import STAGE_ENTRIES, stage_version, stale_stages, version_key
+
+#: the files of one backbone run (all published; ``provenance.json`` carries the lineage)
+RUN_FILES = ("metrics.json", "ranks.csv.gz", "timing.json", "config.json", "history.csv", "provenance.json")
+MANIFEST = "MANIFEST.json"
+INDEX = "INDEX.md"
+
+
+# ------------------------------------------------------------------------------------------------ names, paths
+def experiment_name(config: dict) -> str:
+    return config["experiment"]["name"]
+
+
+def work_root(config: dict) -> str:
+    return f"{config['work_dir']}/{experiment_name(config)}"
+
+
+def published_root(config: dict) -> str:
+    return f"{config['results_dir']}/{experiment_name(config)}"
+
+
+def check_experiment(config: dict, workflow_dir: str | os.PathLike = ".") -> None:
+    """An experiment is named by its config file, and its grid stays within the datasets it declares."""
+    name = experiment_name(config)
+    folder = Path(workflow_dir) / "experiments"
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    if name not in known:
+        raise P2RecError(f"config key 'experiment.name': unknown experiment '{name}' (no {folder / (name + '.yaml')}; "
+                         f"known: {', '.join(known) or 'none'})")
+    declared = config["experiment"].get("datasets")
+    if declared is not None:
+        for i, dataset in enumerate(config["datasets"]):
+            if dataset not in declared:
+                raise P2RecError(f"config key 'datasets[{i}]': dataset '{dataset}' is not declared by experiment "
+                                 f"'{name}' (experiment.datasets: {', '.join(declared)})")
+
+
+def canonical_command(config: dict) -> str:
+    name = experiment_name(config)
+    return f"snakemake --cores all --configfile experiments/{name}.yaml"
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+def _stage_settings(config: dict, stage: str, dataset: str, variant: str, hidden: int) -> dict:
+    from p2rec.llm import settings as llm
+
+    if stage == "pretrain":
+        return {"settings": llm.pretrain_settings(config, dataset), "seed": config["pretrain"]["seed"]}
+    if stage == "categories":
+        return llm.categories_settings(config, dataset)
+    if stage == "sft":
+        if variant not in llm.SFT_MODE:
+            raise P2RecError(f"config key 'variant_catalog.{variant}.lineage': 'sft' needs the variant to be one of "
+                             f"the SFT outputs ({', '.join(sorted(llm.SFT_MODE))})")
+        return llm.sft_settings(config, dataset, llm.SFT_MODE[variant])
+    if stage == "extract":
+        return llm.extract_settings(config, dataset)
+    if stage == "reduce":
+        return llm.reduce_settings(hidden)
+    raise P2RecError(f"unknown lineage stage {stage!r}")
+
+
+def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: int) -> dict:
+    """Code versions and settings of a run and of every stage upstream of it, with their hash."""
+    from p2rec.workflow.config import train_settings
+
+    settings = train_settings(config, dataset, backbone)
+    hidden = settings["train"]["hidden"]
+    versions = {"prepare": stage_version("prepare"), version_key("train", backbone): stage_version("train", backbone)}
+    upstream = {}
+    for stage in config["variant_catalog"][variant].get("lineage", []):
+        if stage == "pretrain":
+            pre = config["pretrain"]["backbone"]
+            versions[f"pretrain:{pre}"] = stage_version("train", pre)
+        else:
+            versions[stage] = stage_version(stage)
+        upstream[stage] = _stage_settings(config, stage, dataset, variant, hidden)
+    data = {k: v for k, v in config["catalog"][dataset].items() if k != "train"}
+    payload = {"run": {"dataset": dataset, "backbone": backbone, "variant": variant, "seed": int(seed)},
+               "data": data, "settings": settings, "item_init": config["variant_catalog"][variant].get("item_init"),
+               "upstream": upstream, "code_versions": versions}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return {"lineage": digest, "code_versions": versions, **payload["run"]}
+
+
+def recorded_versions(provenance: dict) -> dict:
+    """Recorded code versions keyed as :func:`stale_stages` expects (``pretrain:<b>`` is the trainer's)."""
+    out = {}
+    for key, value in (provenance.get("code_versions") or {}).items():
+        out["train:" + key.split(":", 1)[1] if key.startswith("pretrain:") else key] = value
+    return out
+
+
+def run_restorable(published_dir: str | os.PathLike, lineage: str) -> bool:
+    """A published run can stand in for a training job when all its files are there and its lineage matches."""
+    folder = Path(published_dir)
+    if not all((folder / name).is_file() for name in RUN_FILES):
+        return False
+    try:
+        return read_json(folder / "provenance.json").get("lineage") == lineage
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def restore_run(published_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Copy a published run into the working folder, each file through a temporary name (never half-written)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        tmp = out / f".{name}.restoring"
+        shutil.copyfile(Path(published_dir) / name, tmp)
+        os.replace(tmp, out / name)
+
+
+# ------------------------------------------------------------------------------------------------ publish
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _devices(work: Path, files: list[str]) -> list[str]:
+    found = set()
+    for rel in files:
+        if rel.endswith("timing.json"):
+            try:
+                device = read_json(work / rel).get("device")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if device:
+                found.add(str(device))
+    return sorted(found)
+
+
+def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, index_path: str | os.PathLike) -> dict:
+    """Copy the experiment's compact files (paths relative to its working folder) into its published folder,
+    replacing what an earlier publish of the same experiment left there, then write its MANIFEST and the index.
+
+    The new folder is assembled beside the old one and swapped in with renames, so a failure leaves the old
+    folder as it was. A folder whose MANIFEST names another experiment is never touched."""
+    name = experiment_name(config)
+    work, target = Path(work_root(config)), Path(manifest_path).parent
+    if (target / MANIFEST).exists():
+        previous = read_json(target / MANIFEST).get("experiment")
+        if previous != name:
+            raise P2RecError(f"{target / MANIFEST}: this folder holds experiment '{previous}', not '{name}'; "
+                             f"publish '{name}' elsewhere (config key 'experiment.name' or 'results_dir')")
+    elif target.exists() and any(target.iterdir()):
+        raise P2RecError(f"{target}: folder exists with files but no {MANIFEST}; it is not a published experiment "
+                         f"(move it away, or choose another 'experiment.name' / 'results_dir')")
+    # a record restored from the published folder (experiment.restore_published) is kept from there
+    sources = {rel: work / rel if (work / rel).is_file() else target / rel for rel in files}
+    missing = [rel for rel, src in sources.items() if not src.is_file()]
+    if missing:
+        raise P2RecError(f"publish '{name}': {len(missing)} file(s) missing under {work}, e.g. {missing[0]}")
+    staging = target.with_name(f".{target.name}.publishing")
+    shutil.rmtree(staging, ignore_errors=True)
+    for rel, src in sources.items():
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    config_text = json.dumps(config, sort_keys=True, default=str)
+    manifest = {
+        "experiment": name,
+        "description": config["experiment"].get("description", ""),
+        "command": canonical_command(config),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", "src", "rules", "Snakefile")),
+        "code_versions": {**{s: stage_version(s) for s in STAGE_ENTRIES if s != "train"},
+                          **{f"train:{b}": stage_version("train", b) for b in
+                             sorted(set(config["backbones"]) | {config["pretrain"]["backbone"]})}},
+        "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        "datasets": list(config["datasets"]),
+        "devices": _devices(work, files),
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                 "system": platform.system()},
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "files": len(files),
+    }
+    write_json(staging / MANIFEST, manifest)
+    write_json(staging / "config.json", config)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    write_index(target.parent, index_path)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ status
+def run_status(provenance_path: Path) -> list[str]:
+    """Stale stages of one published run ([] = current); a run without provenance is stale as a whole."""
+    if not provenance_path.is_file():
+        return ["(no provenance: made before code versions were derived from the code)"]
+    return stale_stages(recorded_versions(read_json(provenance_path)))
+
+
+def experiment_status(folder: Path) -> dict:
+    runs = sorted({p.parent for p in folder.rglob("metrics.json") if "seed" in p.parent.name})
+    stale = {}
+    for run in runs:
+        stages = run_status(run / "provenance.json")
+        if stages:
+            stale[str(run.relative_to(folder))] = stages
+    manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    return {"experiment": folder.name, "runs": len(runs), "current": len(runs) - len(stale), "stale": stale,
+            "manifest": manifest}
+
+
+def results_status(results_dir: str | os.PathLike) -> list[dict]:
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise P2RecError(f"{root}: no such results folder")
+    return [experiment_status(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+def write_index(results_dir: str | os.PathLike, index_path: str | os.PathLike) -> None:
+    """results/INDEX.md: each folder, what it holds, the command that makes it, how many of its runs are current."""
+    lines = ["# Published results", "",
+             "Made by the workflow's publish rule; `python -m p2rec status` says which runs are current. A folder",
+             "without a MANIFEST predates the experiment configs: its runs count as stale.", "",
+             "| folder | what it holds | runs (current / all) | made by | commit | date |", "|---|---|---|---|---|---|"]
+    for entry in results_status(results_dir):
+        m = entry["manifest"] or {}
+        what = m.get("description") or "archive (no MANIFEST; see docs/history.md)"
+        command = f"`{m['command']}`" if m.get("command") else "-"
+        lines.append(f"| [{entry['experiment']}/]({entry['experiment']}/) | {what} | {entry['current']} / "
+                     f"{entry['runs']} | {command} | {str(m.get('git_commit', '-'))[:10]} | {m.get('date', '-')} |")
+    write_text(index_path, "\n".join(lines) + "\n")

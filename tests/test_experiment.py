@@ -1,0 +1,163 @@
+"""Experiments: code versions derived from the code, run lineage, publish, restore and status."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from p2rec import P2RecError
+from p2rec.cli import main as cli
+from p2rec.workflow import versions
+from p2rec.workflow.config import validate_config
+from p2rec.workflow.experiment import (MANIFEST, RUN_FILES, check_experiment, publish, recorded_versions,
+                                       results_status, run_lineage, run_restorable)
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def config():
+    return validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the package's sources that the code versions are computed from (so a test can edit it)."""
+    root = tmp_path / "p2rec"
+    shutil.copytree(versions.ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(versions, "ROOT", root)
+    return root
+
+
+def _edit(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+def test_stage_sources_follow_the_imports():
+    names = {p.relative_to(versions.ROOT).as_posix() for p in versions.stage_sources("train", "gru4rec")}
+    assert {"training/runner.py", "training/trainer.py", "models/gru4rec.py", "models/losses.py"} <= names
+    assert "models/sasrec.py" not in names  # other backbones are not part of a GRU4Rec run
+    sft = {p.relative_to(versions.ROOT).as_posix() for p in versions.stage_sources("sft")}
+    assert {"llm/sft.py", "llm/prompt.py", "llm/loading.py"} <= sft
+    assert not any(n.startswith("models/") for n in sft)
+    with pytest.raises(KeyError, match="unknown backbone"):
+        versions.stage_sources("train", "nope")
+
+
+def test_editing_a_backbone_makes_its_runs_stale_but_not_the_llm_stages(config, package_copy):
+    plain = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "none", 1))
+    llm = recorded_versions(run_lineage(config, "synthetic", "sasrec", "p2rec", 1))
+    assert versions.stale_stages(plain) == [] and versions.stale_stages(llm) == []
+    _edit(package_copy / "models" / "gru4rec.py")
+    assert versions.stale_stages(plain) == ["train:gru4rec"]
+    assert versions.stale_stages(llm) == []  # SASRec, stage 0 and the LLM stages are untouched
+
+
+def test_editing_the_sft_makes_sft_extraction_and_their_runs_stale(config, package_copy):
+    plain = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "none", 1))
+    cf = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "cf_init", 1))
+    llm = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "p2rec", 1))
+    _edit(package_copy / "llm" / "sft.py")
+    assert versions.stale_stages(llm) == ["extract", "sft"]
+    assert versions.stale_stages(plain) == [] and versions.stale_stages(cf) == []
+
+
+def test_lineage_changes_with_upstream_settings_only_where_used(config):
+    base = {v: run_lineage(config, "synthetic", "gru4rec", v, 1)["lineage"] for v in ("none", "cf_init", "p2rec")}
+    config["llm"]["lr"] = 0.001
+    changed = {v: run_lineage(config, "synthetic", "gru4rec", v, 1)["lineage"] for v in base}
+    assert changed["none"] == base["none"] and changed["cf_init"] == base["cf_init"]
+    assert changed["p2rec"] != base["p2rec"]
+    assert run_lineage(config, "synthetic", "gru4rec", "none", 2)["lineage"] != base["none"]
+
+
+def test_unknown_experiment_and_undeclared_dataset_are_named(config):
+    config["experiment"]["name"] = "nosuch"
+    with pytest.raises(P2RecError, match=r"experiment.name.*unknown experiment 'nosuch'.*known: .*main"):
+        check_experiment(config, REPO)
+    config["experiment"].update(name="main", datasets=["synthetic"])
+    config["datasets"] = ["synthetic", "beauty"]
+    with pytest.raises(P2RecError, match=r"datasets\[1\].*'beauty' is not declared by experiment 'main'"):
+        check_experiment(config, REPO)
+
+
+def _working_run(work: Path, rel: str, lineage: dict) -> None:
+    run = work / rel
+    run.mkdir(parents=True)
+    for name in RUN_FILES:
+        (run / name).write_text("{}")
+    (run / "provenance.json").write_text(json.dumps(lineage))
+
+
+def test_publish_writes_manifest_and_index_and_refuses_a_foreign_folder(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lineage = run_lineage(config, "synthetic", "gru4rec", "none", 1)
+    rel = "runs/synthetic/gru4rec/none/seed1"
+    _working_run(tmp_path / "work" / "main", rel, lineage)
+    files = [f"{rel}/{name}" for name in RUN_FILES]
+    manifest = publish(config, files, "results/main/MANIFEST.json", "results/INDEX.md")
+    assert manifest["experiment"] == "main" and manifest["files"] == len(files)
+    assert set(manifest["code_versions"]) >= {"sft", "extract", "train:gru4rec", "train:sasrec"}
+    assert (tmp_path / "results/main" / rel / "provenance.json").is_file()
+    assert "[main/](main/)" in (tmp_path / "results/INDEX.md").read_text()
+    assert results_status(tmp_path / "results")[0]["current"] == 1
+
+    other = json.loads(json.dumps(config))
+    other["experiment"]["name"] = "paper"
+    other["results_dir"] = "results"
+    (tmp_path / "results/paper").mkdir()
+    (tmp_path / "results/paper" / MANIFEST).write_text(json.dumps({"experiment": "reproduction"}))
+    with pytest.raises(P2RecError, match=r"results/paper/MANIFEST.json: this folder holds experiment 'reproduction'"):
+        publish(other, files, "results/paper/MANIFEST.json", "results/INDEX.md")
+    (tmp_path / "results/paper" / MANIFEST).unlink()
+    (tmp_path / "results/paper/notes.txt").write_text("hand-made\n")
+    with pytest.raises(P2RecError, match="folder exists with files but no MANIFEST"):
+        publish(other, files, "results/paper/MANIFEST.json", "results/INDEX.md")
+    assert sorted(p.name for p in (tmp_path / "results/paper").iterdir()) == ["notes.txt"]
+
+
+def test_publish_with_a_missing_file_leaves_the_old_folder_as_it_was(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rel = "runs/synthetic/gru4rec/none/seed1"
+    _working_run(tmp_path / "work" / "main", rel, run_lineage(config, "synthetic", "gru4rec", "none", 1))
+    files = [f"{rel}/{name}" for name in RUN_FILES]
+    publish(config, files, "results/main/MANIFEST.json", "results/INDEX.md")
+    before = (tmp_path / "results/main/MANIFEST.json").read_text()
+    with pytest.raises(P2RecError, match=r"1 file\(s\) missing under work/main, e.g. tables/main.csv"):
+        publish(config, files + ["tables/main.csv"], "results/main/MANIFEST.json", "results/INDEX.md")
+    assert (tmp_path / "results/main/MANIFEST.json").read_text() == before
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["INDEX.md", "main"]  # no staging left
+
+
+def test_a_published_run_is_restored_by_lineage_not_retrained(config, tmp_path, capsys):
+    lineage = run_lineage(config, "synthetic", "gru4rec", "none", 1)
+    published = tmp_path / "published"
+    _working_run(tmp_path, "published", lineage)
+    assert run_restorable(published, lineage["lineage"])
+    assert not run_restorable(published, "0" * 64)
+    out = tmp_path / "out"
+    # the data file does not exist: a training attempt would fail, so only a restore can succeed
+    code = cli(["train", "--data", str(tmp_path / "missing.txt"), "--settings", "{}", "--seed", "1",
+                "--out-dir", str(out), "--provenance", json.dumps(lineage), "--restore-from", str(published)])
+    assert code == 0 and "restored" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
+    (published / "ranks.csv.gz").unlink()
+    assert not run_restorable(published, lineage["lineage"])  # incomplete: trained again
+
+
+def test_status_counts_current_and_stale_runs(config, tmp_path, package_copy, capsys):
+    current = run_lineage(config, "synthetic", "gru4rec", "none", 1)
+    _working_run(tmp_path / "results" / "main", "runs/synthetic/gru4rec/none/seed1", current)
+    _working_run(tmp_path / "results" / "main", "runs/synthetic/gru4rec/none/seed2", current)
+    legacy = tmp_path / "results" / "archive" / "runs/beauty/sasrec/none/seed1"
+    legacy.mkdir(parents=True)
+    (legacy / "metrics.json").write_text("{}")
+    assert cli(["status", "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "archive" in out and out.splitlines()[-1].split()[1:] == ["3", "2", "1"]
+    _edit(package_copy / "models" / "gru4rec.py")
+    assert cli(["status", "--results", str(tmp_path / "results"), "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].split()[1:] == ["3", "0", "3"] and "train:gru4rec" in out
