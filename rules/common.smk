@@ -12,7 +12,6 @@ from p2rec.workflow.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd run
 config.update(validate_config(config))
 check_experiment(config, workflow.basedir)
 
-P2REC = "python -m p2rec"
 # working files of this experiment (ignored by git) and its published folder (committed)
 WORK = work_root(config)
 PUBLISHED = published_root(config)
@@ -72,3 +71,8 @@ def item_init_input(wildcards):
 
 def item_init_flag(wildcards, input):
     return f"--item-init {input.item_init}" if input.item_init else ""
+
+
+def work_runs(name, datasets=None):
+    """A run file (metrics.json, ranks.csv.gz, ...) of every configured run, in the working folder."""
+    return [W(f) for f in T.run_files(config, name, datasets)]

@@ -15,6 +15,7 @@ from p2rec.llm.settings import (
 )
 
 # options that never change a result: written into the command text, not params, so they trigger nothing
+# (the two globals `snakemake --lint` names, on purpose)
 LLM_RUNTIME = runtime_settings(config)
 LLM_SFT_OPTS = f"--checkpoint-every {LLM_RUNTIME['checkpoint_every']}"
 LLM_EXTRACT_OPTS = f"--batch-size {LLM_RUNTIME['extract_batch_size']}"
@@ -41,7 +42,7 @@ rule convert_llm:
     conda:
         CPU_ENV
     shell:
-        "{P2REC} convert-llm --out {output} > {log} 2>&1"
+        "python -m p2rec convert-llm --out {output} > {log} 2>&1"
 
 
 rule llm_categories:
@@ -56,13 +57,14 @@ rule llm_categories:
     params:
         settings=lambda w: json.dumps(categories_settings(config, w.dataset), sort_keys=True),
         code_version=stage_version("categories"),
+        out_dir=lambda w, output: str(Path(output.summary).parent),
     log:
         W("logs/llm/{dataset}/categories.log"),
     conda:
         CPU_ENV
     shell:
-        "{P2REC} categories --data {input.data} --item-table {input.table} --settings {params.settings:q}"
-        " --out-dir {WORK}/llm/{wildcards.dataset}/categories > {log} 2>&1"
+        "python -m p2rec categories --data {input.data} --item-table {input.table} --settings {params.settings:q}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule llm_sft:
@@ -82,6 +84,7 @@ rule llm_sft:
         g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
         model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
         code_version=stage_version("sft"),
+        out_dir=lambda w, output: str(Path(output.timing).parent),
     threads: LLM_THREADS
     resources:
         gpu=1,
@@ -93,7 +96,7 @@ rule llm_sft:
         gpu_job(
             sft_launcher(SFT_GPUS) + " sft --mode {params.mode} --data {input.data} --item-table {input.table}"
             " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
-            " --out-dir {WORK}/llm/{wildcards.dataset}/{wildcards.sft} {LLM_SFT_OPTS} --threads {threads}"
+            " --out-dir {params.out_dir} {LLM_SFT_OPTS} --threads {threads}"
             " > {log} 2>&1"
         )
 
@@ -121,7 +124,7 @@ rule llm_extract:
         CPU_ENV
     shell:
         gpu_job(
-            "{P2REC} extract --adapter {input.adapter} --item-table {input.table} --model {params.model:q}"
+            "python -m p2rec extract --adapter {input.adapter} --item-table {input.table} --model {params.model:q}"
             " --settings {params.settings:q} --out-hidden {output.hidden} --out-parsed {output.parsed}"
             " --out-timing {output.timing} {LLM_EXTRACT_OPTS} --threads {threads} > {log} 2>&1"
         )
@@ -142,7 +145,7 @@ rule llm_reduce:
     conda:
         CPU_ENV
     shell:
-        "{P2REC} reduce --input {input.hidden} --stats {input.stats} --settings {params.settings:q}"
+        "python -m p2rec reduce --input {input.hidden} --stats {input.stats} --settings {params.settings:q}"
         " --out {output.table} --info {output.info} > {log} 2>&1"
 
 
@@ -160,7 +163,7 @@ rule llm_parse_eval:
     conda:
         CPU_ENV
     shell:
-        "{P2REC} parse-eval --categories {input.categories} --parsed {input.parsed} --truth {input.truth}"
+        "python -m p2rec parse-eval --categories {input.categories} --parsed {input.parsed} --truth {input.truth}"
         " --label {wildcards.dataset}/{wildcards.sft} --out {output} > {log} 2>&1"
 
 
@@ -174,4 +177,4 @@ rule llm_parse_table:
     conda:
         CPU_ENV
     shell:
-        "{P2REC} parse-table --inputs {input} --out {output} > {log} 2>&1"
+        "python -m p2rec parse-table --inputs {input} --out {output} > {log} 2>&1"

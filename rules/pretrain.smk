@@ -16,6 +16,7 @@ rule pretrain_backbone:
         settings=lambda w: json.dumps(pretrain_settings(config, w.dataset), sort_keys=True),
         seed=config["pretrain"]["seed"],
         code_version=stage_version("train", config["pretrain"]["backbone"]),
+        out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
         gpu=1,
     log:
@@ -24,8 +25,8 @@ rule pretrain_backbone:
         CPU_ENV
     shell:
         gpu_job(
-            "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {params.seed}"
-            " --out-dir {WORK}/pretrain/{wildcards.dataset}/run --save-item-table {output.table}"
+            "python -m p2rec train --data {input.data} --settings {params.settings:q} --seed {params.seed}"
+            " --out-dir {params.out_dir} --save-item-table {output.table}"
             " --no-progress > {log} 2>&1"
         )
 
@@ -47,5 +48,5 @@ rule cf_init_table:
     conda:
         CPU_ENV
     shell:
-        "{P2REC} reduce --input {input.table} --stats {input.stats} --settings {params.settings:q}"
+        "python -m p2rec reduce --input {input.table} --stats {input.stats} --settings {params.settings:q}"
         " --out {output.table} --info {output.info} > {log} 2>&1"

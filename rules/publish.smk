@@ -13,10 +13,11 @@ rule publish:
     params:
         config=lambda w: json.dumps(config, sort_keys=True),
         files=lambda w: W("publish_files.txt"),
+        publish=PUBLISH_FILES,
     log:
         W("logs/publish.log"),
     conda:
         CPU_ENV
     shell:
-        "printf '%s\\n' {PUBLISH_FILES:q} > {params.files} && {P2REC} publish --config {params.config:q}"
+        "printf '%s\\n' {params.publish:q} > {params.files} && python -m p2rec publish --config {params.config:q}"
         " --files-from {params.files} --manifest {output.manifest} --index {output.index} > {log} 2>&1"

@@ -3,10 +3,6 @@
 from p2rec.report.tables import main_caption, report_context, rst_escape
 
 
-def work_runs(name, datasets=None):
-    return [W(f) for f in T.run_files(config, name, datasets)]
-
-
 REPORT_CONTEXT = report_context(config)
 # the plots see only what they draw: a caption or alpha edit never redraws them
 PLOT_CONTEXT = {
@@ -43,13 +39,14 @@ rule paper_tables:
     params:
         context=lambda w: json.dumps(REPORT_CONTEXT, sort_keys=True),  # a function: its braces are no wildcards
         caption=lambda w: rst_escape(main_caption(REPORT_CONTEXT)),
+        out_dir=lambda w, output: str(Path(output.main_csv).parent),
     log:
         W("logs/tables/paper_tables.log"),
     conda:
         CPU_ENV
     shell:
-        "{P2REC} gather --metrics {input.metrics} --sft-timing {input.sft_timing} {input.extract_timing}"
-        " --stage0-timing {input.stage0_timing} --context {params.context:q} --out-dir {WORK}/tables > {log} 2>&1"
+        "python -m p2rec gather --metrics {input.metrics} --sft-timing {input.sft_timing} {input.extract_timing}"
+        " --stage0-timing {input.stage0_timing} --context {params.context:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule dataset_plots:
@@ -66,12 +63,13 @@ rule dataset_plots:
         convergence_pdf=W("plots/{dataset}/convergence.pdf"),
     params:
         context=lambda w: json.dumps(PLOT_CONTEXT, sort_keys=True),
+        out_dir=lambda w, output: str(Path(output.scores_png).parent.parent),
     log:
         W("logs/plots/{dataset}.log"),
     conda:
         CPU_ENV
     shell:
-        "{P2REC} plots --metrics {input.metrics} --context {params.context:q} --out-dir {WORK}/plots > {log} 2>&1"
+        "python -m p2rec plots --metrics {input.metrics} --context {params.context:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule sft_efficiency_plot:
@@ -81,9 +79,11 @@ rule sft_efficiency_plot:
         png=report(W("plots/sft_efficiency.png"), caption="../report/sft_efficiency.rst",
                    category="Efficiency", labels={"figure": "SFT cost"}),
         pdf=W("plots/sft_efficiency.pdf"),
+    params:
+        out_dir=lambda w, output: str(Path(output.png).parent),
     log:
         W("logs/plots/sft_efficiency.log"),
     conda:
         CPU_ENV
     shell:
-        "{P2REC} plots --sft-timing {input.sft_timing} --out-dir {WORK}/plots > {log} 2>&1"
+        "python -m p2rec plots --sft-timing {input.sft_timing} --out-dir {params.out_dir} > {log} 2>&1"

@@ -15,6 +15,7 @@ rule train_backbone:
         # code versions (derived from the source files) and upstream settings: the rerun trigger
         provenance=run_provenance,
         restore=restore_flag,
+        record_failure=config["report"]["record_failures"],
         out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
         gpu=1,
@@ -24,7 +25,7 @@ rule train_backbone:
         CPU_ENV
     shell:
         gpu_job(
-            "{P2REC} train --data {input.data} --settings {params.settings:q} --seed {wildcards.seed}"
+            "python -m p2rec train --data {input.data} --settings {params.settings:q} --seed {wildcards.seed}"
             " --out-dir {params.out_dir} {params.init} --provenance {params.provenance:q} {params.restore}"
-            " --no-progress --record-failure {config[report][record_failures]} > {log} 2>&1"
+            " --no-progress --record-failure {params.record_failure} > {log} 2>&1"
         )

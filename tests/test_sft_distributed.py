@@ -96,8 +96,8 @@ def test_shards_cover_each_global_batch_once():
 def test_launcher_is_torchrun_only_for_several_gpus():
     body = " sft --mode {params.mode} --out-dir x > {log} 2>&1"
     # one device: exactly the command text the rule always had, so no job reruns and cache keys hold
-    assert lease_shell(sft_launcher(1) + body) == lease_shell("{P2REC}" + body)
-    assert sft_launcher(0) == "{P2REC}"
+    assert lease_shell(sft_launcher(1) + body) == lease_shell("python -m p2rec" + body)
+    assert sft_launcher(0) == "python -m p2rec"
     multi = lease_shell(sft_launcher(2) + body)
     assert multi.startswith("python -m p2rec.workflow.gpu_lease --n {resources.gpu} -- python -m torch.distributed.run "
                             "--standalone --nproc_per_node {resources.gpu} -m p2rec sft ")

@@ -17,12 +17,8 @@ import jsonschema
 from p2rec import P2RecError
 from p2rec.workflow.config import load_schema, train_settings
 
-#: bump when the code of a stage changes what it writes (an explicit rerun trigger, passed as a rule param)
-CODE_VERSIONS = {"convert": "convert-1", "categories": "categories-1", "sft": "sft-1", "extract": "extract-1",
-                 "reduce": "reduce-1", "pretrain": "pretrain-1", "parse": "parse-1"}
-
 SFT_MODES = ("user", "instance")
-#: the output folder of each SFT mode under results/llm/{dataset}/ (also the variant names)
+#: the output folder of each SFT mode under <work>/llm/{dataset}/ (also the variant names)
 SFT_DIRS = {"user": "p2rec", "instance": "instance"}
 
 
@@ -135,11 +131,11 @@ def requested_gpus(overrides, rule: str, default: int = 1) -> int:
 def sft_launcher(gpus: int) -> str:
     """The start of the sft command for ``gpus`` devices (a Snakemake shell template piece).
 
-    One device (or the CPU): ``{P2REC}``, i.e. ``python -m p2rec``, the command text of every earlier
+    One device (or the CPU): ``python -m p2rec``, the command text of every earlier
     run, so nothing reruns. Several: torchrun with one process per leased device (data-parallel LoRA
     fine-tuning, p2rec.llm.sft); ``--standalone`` picks a free rendezvous port for each job."""
     if int(gpus) <= 1:
-        return "{P2REC}"
+        return "python -m p2rec"
     return "python -m torch.distributed.run --standalone --nproc_per_node {resources.gpu} -m p2rec"
 
 

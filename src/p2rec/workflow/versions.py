@@ -112,7 +112,10 @@ def version_key(stage: str, backbone: str | None = None) -> str:
 
 
 def current_version(key: str) -> str:
+    """The current version under a recorded key; ``pretrain:<b>`` (stage 0) is the trainer of backbone <b>."""
     stage, _, backbone = key.partition(":")
+    if stage == "pretrain" and backbone:
+        return stage_version("train", backbone)
     return stage_version(stage, backbone or None)
 
 
