@@ -7,7 +7,7 @@ from p2rec.workflow import targets as T
 from p2rec.workflow.config import train_settings, validate_config
 from p2rec.workflow.experiment import check_experiment, published_root, work_root
 from p2rec.workflow.versions import stage_version
-from p2rec.workflow.gpu import lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on resources.gpu devices of its own
+from p2rec.workflow.gpu import gpu_resource, lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on its GPU slot(s) or device(s)
 
 config.update(validate_config(config))
 check_experiment(config, workflow.basedir)

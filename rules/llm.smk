@@ -87,7 +87,7 @@ rule llm_sft:
         out_dir=lambda w, output: str(Path(output.timing).parent),
     threads: LLM_THREADS
     resources:
-        gpu=1,
+        gpu=gpu_resource(whole_device=True),  # the LLM takes a whole device
     log:
         W("logs/llm/{dataset}/sft_{sft}.log"),
     conda:
@@ -117,7 +117,7 @@ rule llm_extract:
         code_version=stage_version("extract"),
     threads: LLM_THREADS
     resources:
-        gpu=1,
+        gpu=gpu_resource(whole_device=True),  # the LLM takes a whole device
     log:
         W("logs/llm/{dataset}/extract_{sft}.log"),
     conda:

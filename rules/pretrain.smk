@@ -18,7 +18,7 @@ rule pretrain_backbone:
         code_version=stage_version("train", config["pretrain"]["backbone"]),
         out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
-        gpu=1,
+        gpu=gpu_resource(),  # one slot: small jobs share a device
     log:
         W("logs/pretrain/{dataset}.log"),
     conda:

@@ -18,7 +18,7 @@ rule train_backbone:
         record_failure=config["report"]["record_failures"],
         out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
-        gpu=1,
+        gpu=gpu_resource(),  # one slot: small jobs share a device
     log:
         W("logs/train/{dataset}/{backbone}/{variant}/seed{seed}.log"),
     conda:

@@ -100,7 +100,7 @@ def test_launcher_is_torchrun_only_for_several_gpus():
     assert sft_launcher(0) == "python -m p2rec"
     multi = lease_shell(sft_launcher(2) + body)
     assert multi.startswith("python -m p2rec.workflow.gpu_lease --n {resources.gpu} -- python -m torch.distributed.run "
-                            "--standalone --nproc_per_node {resources.gpu} -m p2rec sft ")
+                            "--standalone --nproc_per_node 2 -m p2rec sft ")
     assert requested_gpus({}, "llm_sft") == 1
     assert requested_gpus({"llm_sft": {"gpu": 2}}, "llm_sft") == 2
     assert requested_gpus({"llm_sft": {"gpu": "4"}, "other": {"gpu": 1}}, "llm_sft") == 4

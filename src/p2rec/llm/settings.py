@@ -129,13 +129,18 @@ def requested_gpus(overrides, rule: str, default: int = 1) -> int:
 
 
 def sft_launcher(gpus: int) -> str:
-    """The start of the sft command for ``gpus`` devices (a Snakemake shell template piece).
+    """The start of the sft command for a job that declares ``gpus`` (in slot units, p2rec.workflow.gpu).
 
-    One device (or the CPU): ``python -m p2rec``, the command text of every earlier
-    run, so nothing reruns. Several: torchrun with one process per leased device (data-parallel LoRA
-    fine-tuning, p2rec.llm.sft); ``--standalone`` picks a free rendezvous port for each job."""
-    if int(gpus) <= 1:
+    One device (or the CPU): ``python -m p2rec``, the command text of every earlier run, so nothing reruns.
+    Several devices: torchrun with one process per leased device (data-parallel LoRA fine-tuning,
+    p2rec.llm.sft); ``--standalone`` picks a free rendezvous port for each job. With GPU slots a whole device
+    is several slot units, so the process count is the device count, not the declared amount."""
+    from p2rec.workflow.gpu import devices_for
+
+    devices = devices_for(int(gpus)) if int(gpus) > 0 else 0
+    if devices <= 1:
         return "python -m p2rec"
+    return f"python -m torch.distributed.run --standalone --nproc_per_node {devices} -m p2rec"
     return "python -m torch.distributed.run --standalone --nproc_per_node {resources.gpu} -m p2rec"
 
 
