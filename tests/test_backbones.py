@@ -476,17 +476,20 @@ def test_one_epoch_through_the_trainer_from_config(name, tmp_path):
         assert timing["training_sequences"] == (24 if samples == "sequences" else sum(len(x.split()) - 4 for x in lines))
 
 
-# ---------------------------------------------------------------- the benchmark scripts (no RecBole needed)
+# ---------------------------------------------------------------- the bench commands (no RecBole needed)
 
-def _script(name: str):
-    import importlib.util
-    from pathlib import Path
+def _parse(*argv):
+    """``p2rec bench ...`` parsed and checked as the CLI does (a usage error exits)."""
+    from p2rec.cli import build_parser
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return build_parser().parse_args(["bench", *map(str, argv)])
+
+
+def _bench(*argv):
+    """``p2rec bench ...`` run in this process; returns the command's result (its rows, most often)."""
+    from p2rec.bench.commands import invoke
+
+    return invoke(_parse(*argv))
 
 
 @pytest.fixture
@@ -501,10 +504,9 @@ def tiny_data(tmp_path):
 
 
 def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
-    bench = _script("bench_backbones")
     out = tmp_path / "bench" / "tiny"
-    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "2", "--hidden", "8",
-                       "--batch-size", "8", "--out", str(out)])
+    rows = _bench("backbones", "--data", tiny_data, "--max-len", "6", "--repeat", "2", "--hidden", "8",
+                  "--batch-size", "8", "--out", out)
     assert [r["backbone"] for r in rows] == NAMES
     assert all(r["sec_per_epoch"] > 0 and r["users_per_sec"] > 0 and r["users"] == 20 for r in rows)
     header = (tmp_path / "bench" / "tiny.csv").read_text(encoding="utf-8").splitlines()[0]
@@ -512,38 +514,43 @@ def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):
                                      "users_per_sec"]
     assert "| sasrec |" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
     # the reference evaluation path (full forward, padded batches) ranks every user exactly as the fast one
-    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
-                       "--batch-size", "8", "--eval-batch-size", "3", "--compare-generic", "--out", str(out)])
+    rows = _bench("backbones", "--data", tiny_data, "--max-len", "6", "--repeat", "1", "--hidden", "8",
+                  "--batch-size", "8", "--eval-batch-size", "3", "--compare-generic", "--out", out)
     assert all(r["rank_agreement"] == 1.0 and r["generic_test_eval_sec"] > 0 for r in rows)
     # --epochs-to-time 0: the evaluation alone, the training column left empty
-    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
-                       "--epochs-to-time", "0", "--out", str(out)])
+    rows = _bench("backbones", "--data", tiny_data, "--max-len", "6", "--repeat", "1", "--hidden", "8",
+                  "--epochs-to-time", "0", "--out", out)
     assert all(r["sec_per_epoch"] == "" and r["test_eval_sec"] > 0 for r in rows)
     assert "training not timed" in (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
     # two precisions: one row per backbone and precision, and the bf16 speed-up per backbone
-    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--repeat", "1", "--hidden", "8",
-                       "--batch-size", "8", "--backbones", "sasrec", "gru4rec", "--precisions", "fp32", "bf16",
-                       "--out", str(out)])
+    rows = _bench("backbones", "--data", tiny_data, "--max-len", "6", "--repeat", "1", "--hidden", "8",
+                  "--batch-size", "8", "--backbones", "sasrec", "gru4rec", "--precisions", "fp32", "bf16",
+                  "--out", out)
     assert [(r["backbone"], r["precision"]) for r in rows] == [("sasrec", "fp32"), ("sasrec", "bf16"),
                                                                ("gru4rec", "fp32"), ("gru4rec", "bf16")]
     assert "precision" in (tmp_path / "bench" / "tiny.csv").read_text(encoding="utf-8").splitlines()[0]
     md = (tmp_path / "bench" / "tiny.md").read_text(encoding="utf-8")
     assert "Training speed-up over fp32" in md and md.count("x |") == 2
+    # options checked against the registry once the command is named: usage errors, as argparse gives them
+    for option, value in (("--backbones", "bert4rec"), ("--precisions", "fp16")):
+        with pytest.raises(SystemExit):
+            _parse("backbones", "--data", tiny_data, "--out", out, option, value)
 
 
 def test_bench_eval_batch_times_each_batch_size_with_identical_ranks(tiny_data, tmp_path):
-    bench = _script("bench_eval_batch")
     out = tmp_path / "eval"
-    rows = bench.main(["--data", str(tiny_data), "--max-len", "6", "--hidden", "8", "--repeat", "2",
-                       "--batch-sizes", "16", "3", "--out", str(out)])
+    rows = _bench("eval-batch", "--data", tiny_data, "--max-len", "6", "--hidden", "8", "--repeat", "2",
+                  "--batch-sizes", "16", "3", "--out", out)
     assert [(r["backbone"], r["eval_batch_size"]) for r in rows] == [(n, b) for n in NAMES for b in (16, 3)]
     assert all(r["test_eval_sec"] > 0 and r["users"] == 20 for r in rows)
     assert all(r["speedup"] == 1.0 for r in rows if r["eval_batch_size"] == 16)
-    assert "ranks identical at every batch size" in out.with_suffix(".md").read_text(encoding="utf-8")
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "ranks identical at every batch size" in md and "Command: `python -m p2rec bench eval-batch --data" in md
 
 
 def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
-    bench = _script("bench_recbole")
+    from p2rec.bench import recbole_compare as bench
+
     inter, expected = bench.write_atomic_files(tiny_data, tmp_path / "work", "tiny")
     rows = [line.split("\t") for line in inter.read_text(encoding="utf-8").splitlines()]
     assert rows[0] == ["user_id:token", "item_id:token", "timestamp:float"]
@@ -554,23 +561,24 @@ def test_recbole_atomic_files_keep_p2rec_order_and_split(tiny_data, tmp_path):
     split = json.loads(expected.read_text(encoding="utf-8"))[first_user[0]]
     assert split["test_target"] == int(first_user[-1]) and split["valid_target"] == int(first_user[-2])
     assert split["valid_input"] == [int(i) for i in first_user[1:-2]]
-    args = bench.parse_args(["--data", str(tiny_data), "--patience", "10"])
+    args = _parse("recbole", "--data", tiny_data, "--patience", "10")
     config = bench.recbole_config(args, tmp_path / "work", "gru4rec")
     assert config["stopping_step"] == 9  # RecBole stops after stopping_step + 1 bad epochs
     assert config["loss_type"] == "CE" and config["MAX_ITEM_LIST_LENGTH"] == 50
     assert config["hidden_size"] == config["embedding_size"] == 64
     # one negative: RecBole's BPR with one uniform negative against p2rec's bce; Caser over its own window
-    args = bench.parse_args(["--data", str(tiny_data), "--loss", "one-negative", "--models", "caser"])
+    args = _parse("recbole", "--data", tiny_data, "--loss", "one-negative", "--models", "caser")
     config = bench.recbole_config(args, tmp_path / "work", "caser")
     assert config["loss_type"] == "BPR" and config["train_neg_sample_args"] == {"distribution": "uniform", "sample_num": 1}
     assert config["MAX_ITEM_LIST_LENGTH"] == bench.CASER_WINDOW and config["embedding_size"] == 64
     assert bench.LOSSES["one-negative"][1] == "bce"
     with pytest.raises(SystemExit):  # bf16 is a cross-entropy option: refused before RecBole runs
-        bench.parse_args(["--data", str(tiny_data), "--loss", "one-negative", "--precisions", "fp32", "bf16"])
+        _parse("recbole", "--data", tiny_data, "--loss", "one-negative", "--precisions", "fp32", "bf16")
 
 
 def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_fails(tiny_data, tmp_path, monkeypatch):
-    bench = _script("bench_recbole")
+    from p2rec.bench import recbole_compare as bench
+
     monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: Path("unused"))
     calls = []
 
@@ -583,7 +591,7 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
             "--max-len", "6", "--hidden", "8", "--batch-size", "8", "--threads", "1",
             "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]
     with pytest.raises(P2RecError, match="RecBole stopped"):
-        bench.main(argv)
+        _bench("recbole", *argv)
     assert calls == [("recbole", "gru4rec")]  # after both of ours
     with open(tmp_path / "out" / "recbole.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -598,7 +606,7 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
                 "training_samples": 40, "torch": "x", "torch_threads": 1}
 
     monkeypatch.setattr(bench, "run_recbole", fake_recbole)
-    bench.main(argv)
+    _bench("recbole", *argv)
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert "| gru4rec | fp32 |" in md and "| gru4rec | bf16 |" in md and "| recbole | gru4rec |" in md
     assert "| fp32 | prefixes | 0.2 | 0.07 |" in md  # RecBole's row (it trains on prefixes) with its masked test
@@ -606,17 +614,18 @@ def test_recbole_bench_runs_ours_per_precision_first_and_keeps_them_if_recbole_f
     monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: pytest.fail("venv built for --p2rec-only"))
     calls.clear()
     monkeypatch.setattr(bench, "run_recbole", failing_recbole)
-    rows = bench.main([*argv, "--p2rec-only", "--model-override", '{"dropout": 0.45}'])
+    rows = _bench("recbole", *argv, "--p2rec-only", "--model-override", '{"dropout": 0.45}')
     assert calls == [] and [r["library"] for r in rows] == ["p2rec", "p2rec"]
     md = (tmp_path / "out" / "recbole.md").read_text(encoding="utf-8")
     assert '"dropout": 0.45' in md and "overridden by --model-override" in md
     # the recorded command is the one that ran (not the test runner's), quoted so it pastes back into a shell
-    assert "Command: `python scripts/bench_recbole.py --data " in md
+    assert "Command: `python -m p2rec bench recbole --data " in md
     assert """--model-override '{"dropout": 0.45}'""" in md
 
 
 def test_recbole_bench_reuses_stored_recbole_results_and_refuses_bad_ones(tiny_data, tmp_path, monkeypatch):
-    bench = _script("bench_recbole")
+    from p2rec.bench import recbole_compare as bench
+
     monkeypatch.setattr(bench, "ensure_venv", lambda venv, python=None: pytest.fail("venv built for stored results"))
     monkeypatch.setattr(bench, "run_recbole", lambda *a: pytest.fail("RecBole retrained despite a stored result"))
     clean = {"rows": 20, "missing_users": 0, "target_mismatch": 0, "input_mismatch": 0}
@@ -629,7 +638,7 @@ def test_recbole_bench_reuses_stored_recbole_results_and_refuses_bad_ones(tiny_d
     argv = ["--data", str(tiny_data), "--models", "gru4rec", "--max-epochs", "1", "--max-len", "6", "--hidden", "8",
             "--batch-size", "8", "--threads", "1", "--samples", "sequences", "prefixes",
             "--out-dir", str(tmp_path / "out")]
-    rows = bench.main([*argv, "--recbole-results", str(stored)])
+    rows = _bench("recbole", *argv, "--recbole-results", stored)
     assert [(r["library"], r["samples"]) for r in rows] == [("p2rec", "sequences"), ("p2rec", "prefixes"),
                                                             ("recbole", "prefixes")]
     assert (rows[2]["sec_per_epoch"], rows[2]["epochs"]) == (30.0, 9)
@@ -643,12 +652,13 @@ def test_recbole_bench_reuses_stored_recbole_results_and_refuses_bad_ones(tiny_d
                           ({"model": "GRU4Rec"}, "has no 'sec_per_epoch'"), ({**result, "model": "BERT4Rec"}, "'BERT4Rec' is none of")):
         stored.write_text(json.dumps(broken), encoding="utf-8")
         with pytest.raises(P2RecError, match=match) as err:
-            bench.main([*argv, "--recbole-results", str(stored)])
+            _bench("recbole", *argv, "--recbole-results", stored)
         assert str(stored) in str(err.value)
 
 
 def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():
-    worker = _script("recbole_worker")
+    from p2rec.bench import recbole_worker as worker
+
     scores = torch.tensor([[9.0, 5.0, 4.0, 3.0, 2.0],    # padding 0 and history {1} above the target 3
                            [0.0, 1.0, 7.0, 7.0, 6.0],    # target 2 ties with item 3, which is history
                            [0.0, 7.0, 7.0, 1.0, 1.0]])   # target 2 ties with item 1, which is not
@@ -658,7 +668,8 @@ def test_recbole_masked_ranks_mask_history_and_padding_but_never_the_target():
 
 
 def test_recbole_best_epoch_follows_its_early_stopping_rule():
-    worker = _script("recbole_worker")
+    from p2rec.bench import recbole_worker as worker
+
     assert worker._best_epoch([0.1, 0.3, 0.2, 0.3, 0.25]) == 4  # RecBole keeps ties (>=)
     assert worker._best_epoch([0.5]) == 1
     # resumed after 43 epochs whose best scored 0.052: a later epoch must reach it to take its place
@@ -722,34 +733,37 @@ def test_optimizer_is_adam_fused_on_cpu():
     assert torch.all((model.weight.detach() - before) * model.weight.grad < 0)
 
 
-def test_cross_entropy_benchmark_times_three_agreeing_ways(tmp_path):
-    bench = _script("bench_cross_entropy")
-    assert bench.main(["--items", "40", "--rows", "30", "--hidden", "8", "--precisions", "fp32", "--repeat", "1",
-                       "--out", str(tmp_path / "ce")]) == 0
-    import csv
+def test_cross_entropy_benchmark_times_three_agreeing_ways(tmp_path, monkeypatch, capsys):
+    from p2rec.bench import cross_entropy as bench
+    from p2rec.cli import main as cli
 
+    argv = ["bench", "cross-entropy", "--items", "40", "--rows", "30", "--hidden", "8", "--precisions", "fp32",
+            "--repeat", "1"]
+    assert cli([*argv, "--out", str(tmp_path / "ce")]) == 0
     (row,) = list(csv.DictReader(open(tmp_path / "ce.csv")))
     assert all(float(row[f"{way}_ms"]) > 0 for way in ("autograd", "recompute", "fused"))
     assert float(row["max_rel_grad_diff"]) < 1e-5  # the three compute the same gradients
-    assert "Command: `python scripts/bench_cross_entropy.py --items 40" in (tmp_path / "ce.md").read_text()
-    # a way whose gradients differ makes the benchmark fail instead of timing it
+    assert "Command: `python -m p2rec bench cross-entropy --items 40" in (tmp_path / "ce.md").read_text()
+    # a way whose gradients differ makes the benchmark fail instead of timing it: one line, exit 2
     fused = bench.WAYS["fused"]
-    bench.WAYS["fused"] = lambda h, t, y, p: 2 * fused(h, t, y, p)
-    with pytest.raises(P2RecError, match="gradients of the three ways differ"):
-        bench.main(["--items", "40", "--rows", "30", "--hidden", "8", "--precisions", "fp32", "--repeat", "1"])
+    monkeypatch.setitem(bench.WAYS, "fused", lambda h, t, y, p: 2 * fused(h, t, y, p))
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2rec bench: error: ") and "gradients of the three ways differ" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("samples", ["sequences", "prefixes"])
 def test_epoch_profile_splits_an_epoch_into_parts(tiny_data, capsys, samples):
-    prof = _script("profile_epoch")
-    assert prof.main(["--data", str(tiny_data), "--backbone", "gru4rec", "--samples", samples, "--batches", "1",
-                      "--batch-size", "4", "--hidden", "8", "--max-len", "6"]) == 0
+    _bench("profile-epoch", "--data", tiny_data, "--backbone", "gru4rec", "--samples", samples, "--batches", "1",
+           "--batch-size", "4", "--hidden", "8", "--max-len", "6")
     row = dict(kv.split("=") for kv in capsys.readouterr().out.splitlines()[0].split())
     parts = ["encoder_forward_s", "ce_forward_s", "backward_s", "optimizer_s"]
     assert row["samples"] == samples and all(float(row[k]) >= 0 for k in parts + ["ce_alone_s"])
     assert abs(sum(float(row[k]) for k in parts) - float(row["epoch_s"])) < 0.05
     with pytest.raises(P2RecError, match="--batches"):
-        prof.main(["--data", str(tiny_data), "--batches", "0"])
+        _bench("profile-epoch", "--data", tiny_data, "--batches", "0")
 
 
 def test_bf16_cross_entropy_stays_close_to_full_precision():
@@ -787,9 +801,7 @@ def test_precision_is_checked_against_the_loss_and_the_schema(tmp_path):
         _config("sasrec", train={"precision": "fp16"})
 
 
-def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, monkeypatch):
-    table = _script("reproduction_table")
-
+def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path):
     def run(loss, seed, gpu, hr):
         d = tmp_path / loss / "beauty" / "gru4rec" / "none" / f"seed{seed}"
         d.mkdir(parents=True)
@@ -802,9 +814,7 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
     published = tmp_path / "published.csv"
     published.write_text("dataset,backbone,loss,hr@10,ndcg@10,source\nbeauty,gru4rec,bce,0.03,0.015,test\n")
     out = tmp_path / "table"
-    monkeypatch.setattr("sys.argv", ["reproduction_table.py", "--runs", f"bce={tmp_path / 'bce'}",
-                                     "--published", str(published), "--out", str(out)])
-    table.main()
+    _bench("reproduction-table", "--runs", f"bce={tmp_path / 'bce'}", "--published", published, "--out", out)
     import pandas as pd
 
     rows = pd.read_csv(out.with_suffix(".csv")).set_index("device")
@@ -817,20 +827,20 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
     again.mkdir(parents=True)
     (again / "metrics.json").write_text(json.dumps({"seed": 1, "epochs": 10, "test": {"hr@10": 0.9, "ndcg@10": 0.4}}))
     (again / "timing.json").write_text(json.dumps({"gpu": "NVIDIA H200", "machine": "x86_64"}))
-    monkeypatch.setattr("sys.argv", ["reproduction_table.py", "--runs", f"bce={tmp_path / 'bce'}", "--runs",
-                                     f"bce={tmp_path / 'again'}", "--published", str(published), "--out", str(out)])
-    table.main()
+    twice = ("reproduction-table", "--runs", f"bce={tmp_path / 'bce'}", "--runs", f"bce={tmp_path / 'again'}",
+             "--published", published, "--out", out)
+    _bench(*twice)
     rows = pd.read_csv(out.with_suffix(".csv")).set_index("device")
     assert rows.loc["gpu", "seeds"] == 2 and rows.loc["gpu", "hr@10"] == pytest.approx(0.03)
     # runs trained on prefix samples (their config.json says so) are a cell of their own
     (again / "config.json").write_text(json.dumps({"train": {"samples": "prefixes", "loss": "bce"}}))
-    table.main()
+    _bench(*twice)
     rows = pd.read_csv(out.with_suffix(".csv")).set_index(["device", "samples"])
     assert rows.loc[("gpu", "sequences"), "seeds"] == 2 and rows.loc[("gpu", "prefixes"), "seeds"] == 1
     assert rows.loc[("gpu", "prefixes"), "hr@10"] == pytest.approx(0.9)
     # and runs with several targets per position (train.targets) form one more
     (again / "config.json").write_text(json.dumps({"train": {"samples": "prefixes", "targets": 3}}))
-    table.main()
+    _bench(*twice)
     rows = pd.read_csv(out.with_suffix(".csv")).set_index(["device", "samples", "targets"])
     assert rows.loc[("gpu", "sequences", 1), "seeds"] == 2 and rows.loc[("gpu", "prefixes", 3), "seeds"] == 1
     header = out.with_suffix(".csv").read_text().splitlines()[0].split(",")
@@ -840,7 +850,6 @@ def test_reproduction_table_pools_gpu_models_but_never_cpu_with_gpu(tmp_path, mo
 def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
     from p2rec.io import write_ranks
 
-    compare = _script("compare_runs")
     rng = np.random.default_rng(0)
     users = np.arange(1, 201)
     for name, shift in (("a", 0), ("b", 3)):  # b ranks every target 3 places lower: clearly worse
@@ -852,19 +861,20 @@ def test_compare_runs_tests_two_sets_of_runs_user_by_user(tmp_path):
             ndcg = float(np.mean(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0)))
             (run / "metrics.json").write_text(json.dumps({"status": "ok", "best_epoch": seed,
                                                           "test": {"ndcg@10": ndcg}}), encoding="utf-8")
-    rows = compare.main(["--treatment", str(tmp_path / "a"), "--comparator", str(tmp_path / "b"), "--seeds", "1", "2",
-                         "--metrics", "ndcg@10", "--out", str(tmp_path / "out" / "cmp")])
+    rows = _bench("compare-runs", "--treatment", tmp_path / "a", "--comparator", tmp_path / "b", "--seeds", "1", "2",
+                  "--metrics", "ndcg@10", "--out", tmp_path / "out" / "cmp")
     (row,) = rows
     assert row["n_users"] == 200 and row["n_seeds"] == 2 and float(row["p_users"]) < 1e-6
     assert row["treatment"] > row["comparator"] and row["effect"].startswith("+")
     assert "| ndcg@10 |" in (tmp_path / "out" / "cmp.md").read_text(encoding="utf-8")
     with pytest.raises(P2RecError, match=r"seed3.*metrics.json: missing"):
-        compare.main(["--treatment", str(tmp_path / "a"), "--comparator", str(tmp_path / "b"), "--seeds", "3",
-                      "--out", str(tmp_path / "out" / "cmp")])
+        _bench("compare-runs", "--treatment", tmp_path / "a", "--comparator", tmp_path / "b", "--seeds", "3",
+               "--out", tmp_path / "out" / "cmp")
 
 
 def test_seen_item_scores_counts_seen_items_above_the_target(tiny_data, tmp_path):
-    script = _script("seen_item_scores")
+    from p2rec.bench.seen_items import seen_item_stats
+
 
     class LastItemFirst(torch.nn.Module):  # scores every seen item 1, the last one 2, all others 0
         def score_last(self, seqs):
@@ -875,13 +885,13 @@ def test_seen_item_scores_counts_seen_items_above_the_target(tiny_data, tmp_path
             return scores
 
     inputs = [np.array([1, 2, 3]), np.array([4, 5])]
-    stats = script.seen_item_stats(LastItemFirst(), inputs, np.array([6, 4]), max_len=5)
+    stats = seen_item_stats(LastItemFirst(), inputs, np.array([6, 4]), max_len=5)
     # user 1: target 6 scores 0, its three seen items score above it; user 2: the target 4 is itself seen
     # (score 1), only the last item 5 (score 2) is above it
     assert stats == {"users": 2, "mean_seen_above_target": 2.0, "share_any_seen_above_target": 1.0,
                      "share_last_seen_above_target": 1.0}
-    rows = script.main(["--data", str(tiny_data), "--models", "sasrec", "--max-epochs", "1", "--max-len", "6",
-                        "--hidden", "8", "--batch-size", "8", "--threads", "1", "--out-dir", str(tmp_path / "out")])
+    rows = _bench("seen-item-scores", "--data", tiny_data, "--models", "sasrec", "--max-epochs", "1", "--max-len", "6",
+                  "--hidden", "8", "--batch-size", "8", "--threads", "1", "--out-dir", tmp_path / "out")
     (row,) = rows
     assert row["users"] == 20 and 0 <= row["share_any_seen_above_target"] <= 1
     assert row["ndcg@10_masked"] >= row["ndcg@10"]  # masking never lowers a rank

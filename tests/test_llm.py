@@ -497,7 +497,7 @@ def test_parse_evaluation_against_kmeans_and_truth(tmp_path):
 
 
 def test_side_by_side_bench_reports_both_modes_and_the_ratios(stage_inputs, tiny_llm):
-    from p2rec.llm.bench import bench_sft
+    from p2rec.bench.sft import bench_sft
 
     out = bench_sft(stage_inputs["data"], tiny_llm, sft_settings(), rounds=2, steps=1, progress=False)
     train = stage_inputs["train"]
@@ -509,13 +509,15 @@ def test_side_by_side_bench_reports_both_modes_and_the_ratios(stage_inputs, tiny
         out["instance"]["full_epoch_s_extrapolated"] / out["user"]["full_epoch_s_extrapolated"])
 
 
-def test_bench_table_rows_and_cli_outputs(stage_inputs, tiny_llm, tmp_path):
-    from p2rec.llm.bench import bench_sft
+def test_bench_sft_and_its_table_from_the_cli(stage_inputs, tiny_llm, tmp_path):
+    from p2rec.cli import main
 
-    out = bench_sft(stage_inputs["data"], tiny_llm, sft_settings(), rounds=1, steps=1, progress=False)
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(out))
-    subprocess.run([sys.executable, "-m", "p2rec", "sft-bench-table", "--inputs", str(path), "--out",
+    assert main(["bench", "sft", "--data", str(stage_inputs["data"]), "--model", tiny_llm, "--settings",
+                 json.dumps(sft_settings()), "--rounds", "1", "--steps", "1", "--out", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["rounds"] == 1 and out["user"]["median_tokens_per_s"] > 0 and out["random_inputs"]
+    subprocess.run([sys.executable, "-m", "p2rec", "bench", "sft-table", "--inputs", str(path), "--out",
                     str(tmp_path / "ratios")], check=True)
     rows = list(csv.DictReader((tmp_path / "ratios.csv").open()))
     assert [r["dataset"] for r in rows] == ["tiny"] and rows[0]["extrapolated"] == "True"
@@ -525,9 +527,9 @@ def test_bench_table_rows_and_cli_outputs(stage_inputs, tiny_llm, tmp_path):
     assert "extrapolated" in (tmp_path / "ratios.md").read_text()
     del out["instance"]
     path.write_text(json.dumps(out))
-    bad = subprocess.run([sys.executable, "-m", "p2rec", "sft-bench-table", "--inputs", str(path), "--out",
+    bad = subprocess.run([sys.executable, "-m", "p2rec", "bench", "sft-table", "--inputs", str(path), "--out",
                           str(tmp_path / "bad")], capture_output=True, text=True)
-    assert bad.returncode != 0 and "'tiny'" in bad.stderr and "instance" in bad.stderr
+    assert bad.returncode == 2 and "'tiny'" in bad.stderr and "instance" in bad.stderr
     assert not (tmp_path / "bad.csv").exists()
 
 

@@ -411,15 +411,15 @@ def test_paper_report_script_builds_a_slice_from_committed_runs_and_never_trains
     assert sorted(p.name for p in missing.iterdir()) == ["config.yaml"]
 
 
-def test_p2rec_summary_script_reports_per_seed_scores_and_user_level_ttests(tmp_path):
-    """scripts/p2rec_summary.py on the fixture runs: one row per run, and its 'mean over seeds' p-value is
+def test_bench_summary_reports_per_seed_scores_and_user_level_ttests(tmp_path):
+    """`p2rec bench summary` on the fixture runs: one row per run, and its 'mean over seeds' p-value is
     scipy's paired t-test on each user's NDCG@10 averaged over both seeds."""
     results = tmp_path / "results"
     results.mkdir()
     (results / "runs").symlink_to(RUNS)
     (results / "llm").symlink_to(FIXTURES / "llm")
     out = tmp_path / "summary"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "p2rec_summary.py"), "--dataset", "toy", "--backbone",
+    subprocess.run([sys.executable, "-m", "p2rec", "bench", "summary", "--dataset", "toy", "--backbone",
                     "sasrec", "--results", str(results), "--out", str(out)], check=True, capture_output=True)
     per_seed = pd.read_csv(out / "toy_sasrec.csv")
     assert sorted(zip(per_seed["variant"], per_seed["seed"])) == [
@@ -435,6 +435,10 @@ def test_p2rec_summary_script_reports_per_seed_scores_and_user_level_ttests(tmp_
     expected = stats.ttest_rel(t.loc[c.index], c).pvalue
     assert row["p_value"].iloc[0] == pytest.approx(expected, rel=1e-4)
     assert json.loads((out / "toy_timings.json").read_text())["sft_samples"] is not None
+    # no finished run of the asked dataset: one line, exit 2
+    missing = subprocess.run([sys.executable, "-m", "p2rec", "bench", "summary", "--dataset", "absent", "--results",
+                              str(results), "--out", str(out)], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("p2rec bench: error: no finished runs under")
 
 
 # ----------------------------------------------------------------------------------------------- dataset seeds

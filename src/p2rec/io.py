@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -98,10 +97,10 @@ def markdown_rows(rows: list[dict], columns: list[str]) -> list[str]:
             *("| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows)]
 
 
-def command_line(script: str, argv: list[str] | None = None) -> str:
+def command_line(argv: list[str]) -> str:
     """The command that made a results file, quoted so it can be pasted back into a shell (``argv``: the
-    arguments a script's ``main`` was given; None = this process's own)."""
-    return "python scripts/" + shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
+    arguments after ``python -m p2rec`` as the CLI was given them)."""
+    return "python -m p2rec " + shlex.join(argv)
 
 
 def write_table_files(prefix: str | os.PathLike, rows: list[dict], columns: list[str], markdown: str) -> None:

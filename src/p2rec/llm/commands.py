@@ -63,24 +63,6 @@ def register(sub) -> None:
     p.add_argument("--label", default="", help="recorded with the result (e.g. dataset/variant)")
     p.set_defaults(func=_parse_eval)
 
-    p = sub.add_parser("sft-bench", help="user- vs instance-level SFT throughput side by side in one process")
-    p.add_argument("--data", required=True, help="sequences.txt (only the training split is read)")
-    p.add_argument("--model", required=True, help="hub id or folder of a causal LM ('packaged' converts into --converted-dir)")
-    p.add_argument("--converted-dir", default="models/smollm2-135m-instruct")
-    p.add_argument("--settings", type=json_arg, default={}, help="llm settings (JSON) over the schema defaults")
-    p.add_argument("--item-table", default=None, help="stage-0 table (default: seeded random, throughput only)")
-    p.add_argument("--categories", default=None, help="categories.npy (default: seeded random)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=5, help="steps per mode per round")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the result as JSON here")
-    p.set_defaults(func=_sft_bench)
-
-    p = sub.add_parser("sft-bench-table", help="one table (CSV + markdown) of several sft-bench results")
-    p.add_argument("--inputs", nargs="+", required=True, help="sft-bench JSON files, named <dataset>.json")
-    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
-    p.set_defaults(func=_sft_bench_table)
-
     p = sub.add_parser("parse-table", help="collect parse-eval results into one CSV (dataset, variant, comparison, ari, nmi)")
     p.add_argument("--inputs", nargs="+", required=True, help="parse_eval.json files results/llm/{dataset}/{variant}/...")
     p.add_argument("--out", required=True)
@@ -173,46 +155,3 @@ def _parse_table(args):
             lines.append(f"{dataset},{variant},{row['comparison']},{row['items']},{row['ari']:.6f},{row['nmi']:.6f}")
     write_text(args.out, "\n".join(lines) + "\n")
     print(f"{len(lines) - 1} rows -> {args.out}")
-
-
-def _sft_bench_table(args):
-    import pandas as pd
-
-    from p2rec.io import read_json, write_text
-    from p2rec.llm.bench import bench_table
-
-    rows = bench_table({Path(f).stem: read_json(f) for f in args.inputs})
-    frame = pd.DataFrame(rows)  # columns in the rows' order
-    write_text(f"{args.out}.csv", frame.to_csv(index=False))
-    caption = ("Instance-level vs user-level SFT cost per dataset, from `p2rec sft-bench` (user-level and "
-               "instance-level steps alternated in one process on one device; medians over rounds). Both epoch "
-               "times are **extrapolated** from the measured medians and the exact token counts of one epoch; "
-               "measured_cost_ratio = instance_epoch_s / user_epoch_s, deviation = measured / theoretical token "
-               "ratio - 1.")
-    write_text(f"{args.out}.md", caption + "\n\n" + frame.to_markdown(index=False) + "\n")
-    print(f"{len(rows)} rows -> {args.out}.csv, {args.out}.md")
-
-
-def _sft_bench(args):
-    import torch
-
-    from p2rec.workflow.config import load_schema
-    from p2rec.io import write_json
-    from p2rec.llm.bench import bench_sft
-    from p2rec.llm.loading import PACKAGED, convert_packaged
-    from p2rec.llm.settings import _deep_merge, _schema_defaults
-
-    settings = _deep_merge(_schema_defaults(load_schema()["properties"]["llm"]), args.settings)
-    settings.pop("dataset_overrides", None)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = str(convert_packaged(args.converted_dir)) if args.model == PACKAGED else args.model
-    settings["model"] = args.model
-    result = bench_sft(args.data, model, settings, rounds=args.rounds, steps=args.steps,
-                       item_table_path=args.item_table, categories_path=args.categories)
-    if args.out:
-        write_json(args.out, result)
-    keys = ("measured_cost_ratio_extrapolated", "theoretical_token_ratio", "sample_ratio", "ratio_deviation")
-    print(json.dumps({"user_tokens_per_s": result["user"]["median_tokens_per_s"],
-                      "instance_tokens_per_s": result["instance"]["median_tokens_per_s"],
-                      **{k: result[k] for k in keys}}))

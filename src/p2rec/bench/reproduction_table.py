@@ -10,14 +10,13 @@ named on stderr. Writes <out>.md and <out>.csv with the columns dataset, backbon
 device, seeds, hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10,
 ratio_hr@10, ratio_ndcg@10.
 
-    python scripts/reproduction_table.py --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
+    python -m p2rec bench reproduction-table --runs ce=results/runs --runs bce=results/reproduction/runs-bce \
         --runs bce=results/reproduction/runs-h200/bce --runs ce=results/reproduction/runs-h200/ce \
         --runs bce=results/reproduction/runs-prefixes/bce --runs bpr=results/reproduction/runs-prefixes/bpr \
         --out results/reproduction/table
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -47,13 +46,7 @@ def collect(loss: str, root: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", action="append", required=True, help="LOSS=FOLDER (repeatable)")
-    parser.add_argument("--published", default="results/reproduction/published.csv")
-    parser.add_argument("--out", default="results/reproduction/table")
-    parser.add_argument("--datasets", nargs="+", default=["beauty", "yelp", "ml-1m"])
-    args = parser.parse_args()
+def run(args) -> pd.DataFrame:
     rows = []
     for spec in args.runs:
         loss, folder = spec.split("=", 1)
@@ -105,7 +98,4 @@ def main() -> None:
                f"Published numbers: {args.published}.")
     out.with_suffix(".md").write_text(caption + "\n\n" + shown.to_markdown(index=False) + "\n")
     print(shown.to_markdown(index=False))
-
-
-if __name__ == "__main__":
-    main()
+    return table

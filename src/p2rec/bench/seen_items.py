@@ -1,40 +1,29 @@
-#!/usr/bin/env python
 """How often a trained model scores the user's own seen items above the target, with and without masking.
 
-Trains our side of the RecBole comparison exactly as ``bench_recbole.py`` does (same arguments, same
+Trains our side of the RecBole comparison exactly as ``p2rec bench recbole`` does (same arguments, same
 settings: unmasked selection, seed 2020 by default; RecBole is not run) and, for each test user, counts the
 seen items (the test input, without the target) that score above the target, and whether the last one
 does. Next to it: test HR/NDCG@10 unmasked (RecBole's protocol for sequential models) and masked (ours).
 
-    python scripts/seen_item_scores.py --models sasrec gru4rec --precisions bf16 --threads 1 \\
+    python -m p2rec bench seen-item-scores --models sasrec gru4rec --precisions bf16 --threads 1 \\
         --out-dir results/reproduction
 
 writes ``<out-dir>/seen_items.csv`` and ``.md`` and prints the table.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from p2rec import P2RecError
+from p2rec.bench.recbole_compare import check_args, run_p2rec  # noqa: F401  (the same options and checks)
 from p2rec.evaluation import pad_left
 from p2rec.io import command_line, markdown_rows, write_table_files
 from p2rec.training.trainer import resolve_device
 
 COLUMNS = ["model", "precision", "best_epoch", "hr@10", "ndcg@10", "hr@10_masked", "ndcg@10_masked",
            "users", "mean_seen_above_target", "share_any_seen_above_target", "share_last_seen_above_target"]
-
-
-def _bench():
-    path = Path(__file__).resolve().with_name("bench_recbole.py")
-    spec = importlib.util.spec_from_file_location("bench_recbole", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def seen_item_stats(model, inputs: list[np.ndarray], targets: np.ndarray, max_len: int, batch: int = 1024,
@@ -59,13 +48,11 @@ def seen_item_stats(model, inputs: list[np.ndarray], targets: np.ndarray, max_le
             "share_last_seen_above_target": round(float(np.mean(last_above)), 4)}
 
 
-def main(argv=None) -> list[dict]:
-    bench = _bench()
-    args = bench.parse_args(argv)
+def run(args) -> list[dict]:
     rows = []
     for name in args.models:
         for precision in args.precisions:
-            r = bench.run_p2rec(args, name, precision)
+            r = run_p2rec(args, name, precision)
             split = r["split"]
             rows.append({"model": name, "precision": precision, "best_epoch": r["best_epoch"],
                          "hr@10": round(r["test"]["hr@10"], 4), "ndcg@10": round(r["test"]["ndcg@10"], 4),
@@ -75,20 +62,13 @@ def main(argv=None) -> list[dict]:
                                           device=resolve_device(args.device))})
     md = "\n".join([
         f"# Seen items scored above the target: p2rec on `{args.data}`", "",
-        f"Our side of the RecBole comparison (bench_recbole.py settings: hidden {args.hidden}, max length "
+        f"Our side of the RecBole comparison ('bench recbole' settings: hidden {args.hidden}, max length "
         f"{args.max_len}, cross-entropy, batch {args.batch_size}, lr {args.lr}, selection on "
         f"{'masked' if args.mask_history else 'unmasked'} validation NDCG@10, seed {args.seed}). Test users; "
         f"seen items = the test input without the target. hr/ndcg@10: unmasked ranking (RecBole's protocol for "
         f"sequential models); _masked: the same model with seen items masked (the suite's protocol).", "",
         *markdown_rows(rows, COLUMNS), "",
-        f"Command: `{command_line('seen_item_scores.py', argv)}`", ""])
+        f"Command: `{command_line(args.argv)}`", ""])
     write_table_files(Path(args.out_dir) / "seen_items", rows, COLUMNS, md)
     print(md)
     return rows
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except P2RecError as err:
-        sys.exit(f"error: {err}")

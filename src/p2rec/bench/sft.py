@@ -9,30 +9,39 @@ tokens / user-level prompt tokens of one epoch) and the sample ratio.
 
 Throughput does not depend on what the embeddings contain, so without a stage-0 table and categories a
 seeded random table and random categories are used (reported as such).
+
+    python -m p2rec bench sft --data results/data/beauty/sequences.txt --model packaged --rounds 3 --steps 5 \
+        --out results/llm/bench/beauty.json
+    python -m p2rec bench sft-table --inputs results/llm/bench/*.json --out results/llm/bench/ratios
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
+from p2rec.io import read_json, write_json, write_text
 from p2rec.llm.categories import load_categories, load_item_table, prior_preferences
-from p2rec.llm.loading import library_versions, peak_memory_mb
+from p2rec.llm.loading import PACKAGED, convert_packaged, library_versions, peak_memory_mb
+from p2rec.llm.settings import _deep_merge, _schema_defaults
 from p2rec.llm.sft import (_sync, build_model, instance_samples, instance_target, make_batches, train_step,
                            trainable_parameters, user_samples)
+from p2rec.workflow.config import load_schema
 
 
 def bench_sft(data_path: str | Path, model_path: str, settings: dict, rounds: int = 3, steps: int = 5,
               item_table_path: str | Path | None = None, categories_path: str | Path | None = None,
               seed: int = 0, progress: bool = True) -> dict:
     if rounds < 1 or steps < 1:
-        raise P2RecError("sft-bench: --rounds and --steps must be >= 1")
+        raise P2RecError("--rounds and --steps must be >= 1")
     data = read_sequences(data_path)
     train = leave_one_out(data).train
     k, max_items = int(settings["k"]), int(settings["max_items"])
@@ -130,5 +139,39 @@ def bench_table(results: dict[str, dict]) -> list[dict]:
                 "device": r["device"], "torch_threads": r.get("torch_threads", ""),
             })
         except KeyError as err:
-            raise P2RecError(f"sft-bench result for {dataset!r} has no key {err}: not written by 'p2rec sft-bench'?")
+            raise P2RecError(f"'bench sft' result for {dataset!r} has no key {err}: not written by 'p2rec bench sft'?")
+    return rows
+
+
+def run(args) -> dict:
+    """``bench sft``: the settings are the schema's llm defaults under ``--settings``."""
+    settings = _deep_merge(_schema_defaults(load_schema()["properties"]["llm"]), args.settings)
+    settings.pop("dataset_overrides", None)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = str(convert_packaged(args.converted_dir)) if args.model == PACKAGED else args.model
+    settings["model"] = args.model
+    result = bench_sft(args.data, model, settings, rounds=args.rounds, steps=args.steps,
+                       item_table_path=args.item_table, categories_path=args.categories)
+    if args.out:
+        write_json(args.out, result)
+    keys = ("measured_cost_ratio_extrapolated", "theoretical_token_ratio", "sample_ratio", "ratio_deviation")
+    print(json.dumps({"user_tokens_per_s": result["user"]["median_tokens_per_s"],
+                      "instance_tokens_per_s": result["instance"]["median_tokens_per_s"],
+                      **{k: result[k] for k in keys}}))
+    return result
+
+
+def run_table(args) -> list[dict]:
+    """``bench sft-table``: one row per ``bench sft`` result, named after its file (``<dataset>.json``)."""
+    rows = bench_table({Path(f).stem: read_json(f) for f in args.inputs})
+    frame = pd.DataFrame(rows)  # columns in the rows' order
+    write_text(f"{args.out}.csv", frame.to_csv(index=False))
+    caption = ("Instance-level vs user-level SFT cost per dataset, from `p2rec bench sft` (user-level and "
+               "instance-level steps alternated in one process on one device; medians over rounds). Both epoch "
+               "times are **extrapolated** from the measured medians and the exact token counts of one epoch; "
+               "measured_cost_ratio = instance_epoch_s / user_epoch_s, deviation = measured / theoretical token "
+               "ratio - 1.")
+    write_text(f"{args.out}.md", caption + "\n\n" + frame.to_markdown(index=False) + "\n")
+    print(f"{len(rows)} rows -> {args.out}.csv, {args.out}.md")
     return rows

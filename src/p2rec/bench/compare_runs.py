@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Two sets of runs of one cell compared user by user: did a setting change the scores?
 
 Each set is a folder of ``seed<N>/`` run folders (``ranks.csv.gz`` and ``metrics.json`` inside), for
@@ -7,7 +6,7 @@ setting. Per metric: each user's score averaged over the seeds, the two-sided pa
 the relative difference with its seeded bootstrap 95% interval, and the seed-level paired test; the same
 statistics as the paper tables (p2rec.report.stats).
 
-    python scripts/compare_runs.py --treatment experiments/bf16/runs/beauty/sasrec/none \\
+    python -m p2rec bench compare-runs --treatment experiments/bf16/runs/beauty/sasrec/none \\
         --comparator results/runs/beauty/sasrec/none --seeds 1 2 3 --out results/reproduction/bf16_beauty_sasrec
 
 writes ``<out>.csv`` and ``<out>.md`` and prints the table.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -27,16 +25,6 @@ from p2rec.report.stats import compare_seeds, compare_users, user_means_over_see
 
 COLUMNS = ["metric", "treatment", "comparator", "effect", "ci_low", "ci_high", "p_users", "n_users",
            "p_seeds", "n_seeds", "best_epochs_treatment", "best_epochs_comparator"]
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--treatment", required=True, help="folder of seed<N>/ runs")
-    p.add_argument("--comparator", required=True, help="folder of seed<N>/ runs")
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--metrics", nargs="+", default=["hr@10", "ndcg@10"])
-    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
-    return p.parse_args(argv)
 
 
 def load(folder: str, seeds: list[int]) -> tuple[dict[int, pd.Series], dict[int, dict]]:
@@ -72,8 +60,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> list[dict]:
     rows = compare(args)
     md = "\n".join([
         f"# `{args.treatment}` (treatment) against `{args.comparator}` (comparator)", "",
@@ -81,14 +68,7 @@ def main(argv=None) -> list[dict]:
         f"two-sided paired t-test over users; effect: relative difference of the means with its bootstrap 95% "
         f"interval (2,000 resamples, seed 0); p_seeds: paired t-test over the per-seed scores.", "",
         *markdown_rows(rows, COLUMNS), "",
-        f"Command: `{command_line('compare_runs.py', argv)}`", ""])
+        f"Command: `{command_line(args.argv)}`", ""])
     write_table_files(args.out, rows, COLUMNS, md)
     print(md)
     return rows
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except P2RecError as err:
-        sys.exit(f"error: {err}")

@@ -1,22 +1,19 @@
-#!/usr/bin/env python
 """Where a training epoch's time goes on the CPU: encoder forward, cross-entropy forward, backward (encoder and
 cross-entropy together), optimiser step, and the cross-entropy forward + backward alone on the same hidden
 states. Times ``--batches`` batches of a real epoch (same batching as the trainer) and scales them to the
 whole epoch.
 
-    python scripts/profile_epoch.py --data results/data/beauty/sequences.txt --backbone sasrec --samples prefixes
+    python -m p2rec bench profile-epoch --data results/data/beauty/sequences.txt --backbone sasrec --samples prefixes
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from p2rec import P2RecError
+from p2rec.bench.commands import invalid_choice
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.models.losses import PRECISIONS, chunked_softmax_ce
@@ -66,29 +63,14 @@ def profile(args) -> dict:
     return row
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="prepared sequences.txt")
-    ap.add_argument("--backbone", default="sasrec")
-    ap.add_argument("--samples", choices=["sequences", "prefixes"], default="sequences")
-    ap.add_argument("--precision", choices=sorted(PRECISIONS), default="bf16")
-    ap.add_argument("--batches", type=int, default=100, help="batches timed (the epoch is extrapolated)")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--max-len", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+def check_args(args) -> str | None:
+    return invalid_choice("--precision", [args.precision], PRECISIONS)
+
+
+def run(args) -> dict:
     if args.batches < 1:
         raise P2RecError("--batches must be at least 1")
     row = profile(args)
     print(" ".join(f"{k}={v}" for k, v in row.items()))
     print("machine: " + ", ".join(f"{k} {v}" for k, v in environment().items()))
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except P2RecError as err:  # bad input: one line, no traceback
-        sys.exit(f"error: {err}")
+    return row

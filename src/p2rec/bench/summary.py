@@ -12,22 +12,18 @@ Writes into --out:
 The t-test is two-sided and paired over test users, on each user's metric averaged over the seeds both
 variants share (p2rec.report.stats.compare_users, as in the workflow's tables); per-seed tests are listed too.
 
-    python scripts/p2rec_summary.py --dataset beauty --backbone sasrec --out results/p2rec
+    python -m p2rec bench summary --dataset beauty --backbone sasrec --out results/p2rec
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from p2rec.report.stats import compare_users, user_means_over_seeds  # noqa: E402
-from p2rec.report.tables import find_runs, load_runs  # noqa: E402
+from p2rec import P2RecError
+from p2rec.report.stats import compare_users, user_means_over_seeds
+from p2rec.report.tables import find_runs, load_runs
 
 METRICS = ["hr@10", "ndcg@10"]
 
@@ -36,18 +32,7 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--backbone", default="sasrec")
-    parser.add_argument("--variants", nargs="+", default=["none", "cf_init", "p2rec"])
-    parser.add_argument("--treatment", default="p2rec")
-    parser.add_argument("--sft", default="p2rec", help="LLM stage folder results/llm/{dataset}/{sft}/")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--out", default="results/p2rec")
-    parser.add_argument("--tag", default="", help="suffix of the output names and of the categories' variant label "
-                                                  "(an ablation's results beside the default's)")
-    args = parser.parse_args()
+def run(args) -> dict:
     res, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -55,7 +40,7 @@ def main() -> None:
             if (r.dataset, r.backbone) == (args.dataset, args.backbone) and r.variant in args.variants
             and r.status == "ok"]
     if not runs:
-        sys.exit(f"error: no finished runs under {res / 'runs' / args.dataset / args.backbone}")
+        raise P2RecError(f"no finished runs under {res / 'runs' / args.dataset / args.backbone}")
     rows = []
     for r in sorted(runs, key=lambda r: (args.variants.index(r.variant), r.seed)):
         timing = r.timing()
@@ -117,7 +102,4 @@ def main() -> None:
     print(json.dumps({k: v for k, v in timings.items() if k != "sft_history"}, indent=1))
     if not cats.empty:
         print(cats.to_string(index=False))
-
-
-if __name__ == "__main__":
-    main()
+    return {"per_seed": per_seed, "tests": tests, "timings": timings, "categories": cats}

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Full-softmax cross-entropy, forward + backward, three ways side by side on this machine's CPU in one run:
 
 - ``autograd``: the [rows x items] logits materialised and differentiated by autograd (F.cross_entropy);
@@ -10,23 +9,21 @@
 Each shape is a training batch: ``--rows`` target positions (256 = one batch of prefix samples), ``--items``
 classes. The ways are timed in turn, repeat after repeat, so load on a shared machine hits them alike;
 the median is reported, with each way's time relative to ``fused``. The three must compute the same
-gradients (relative difference at most 1e-4 in fp32, 2e-2 in bf16), or the script fails.
+gradients (relative difference at most 1e-4 in fp32, 2e-2 in bf16), or the command fails.
 
-    python scripts/bench_cross_entropy.py --items 12102 --rows 256 1536 --precisions fp32 bf16 --threads 1
+    python -m p2rec bench cross-entropy --items 12102 --rows 256 1536 --precisions fp32 bf16 --threads 1
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from p2rec import P2RecError
+from p2rec.bench.commands import invalid_choice
 from p2rec.io import command_line, markdown_rows, write_table_files
 from p2rec.models.losses import PRECISIONS, ce_chunk_rows, chunked_softmax_ce
 from p2rec.training.trainer import environment
@@ -112,16 +109,11 @@ def measure(rows: int, items: int, hidden: int, precision: str, repeat: int) -> 
             "max_rel_grad_diff": f"{agree:.1e}"}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--items", type=int, nargs="+", default=[12102], help="classes incl. padding (Beauty: 12,102)")
-    ap.add_argument("--rows", type=int, nargs="+", default=[256], help="target positions per batch")
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(PRECISIONS))
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.csv")
-    args = ap.parse_args(argv)
+def check_args(args) -> str | None:
+    return invalid_choice("--precisions", args.precisions, PRECISIONS)
+
+
+def run(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     rows = [measure(n, v, args.hidden, p, args.repeat)
             for v in args.items for n in args.rows for p in args.precisions]
@@ -129,16 +121,9 @@ def main(argv=None) -> int:
     env = environment()
     md = "\n".join([f"# Full-softmax cross-entropy, forward + backward (median of {args.repeat}, milliseconds)", "",
                     *markdown_rows(rows, columns), "",
-                    f"Command: `{command_line('bench_cross_entropy.py', argv)}`",
+                    f"Command: `{command_line(args.argv)}`",
                     f"Machine: {', '.join(f'{k} {v}' for k, v in env.items())}", ""])
     print(md)
     if args.out:
         write_table_files(args.out, rows, columns, md)
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except P2RecError as err:  # bad input or disagreeing gradients: one line, no traceback
-        sys.exit(f"error: {err}")
+    return rows

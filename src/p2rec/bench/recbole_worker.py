@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Train and test one RecBole model on atomic files written by bench_recbole.py.
+"""Train and test one RecBole model on atomic files written by ``p2rec bench recbole``.
 
-Runs inside RecBole's own virtual environment (never imports p2rec). Prints nothing of interest; writes
-one JSON file with the timings, epochs, test metrics and a check that RecBole's leave-one-out split has
-exactly the validation/test targets and inputs that p2rec uses.
+Runs inside RecBole's own virtual environment, started as a file by its interpreter: it imports nothing of
+p2rec (that environment has none of p2rec's pins), only the standard library, torch and RecBole. Prints
+nothing of interest; writes one JSON file with the timings, epochs, test metrics and a check that RecBole's
+leave-one-out split has exactly the validation/test targets and inputs that p2rec uses.
 
     python recbole_worker.py --config run.json --out result.json
     python recbole_worker.py --config run.json --out result.json --checkpoint saved/SASRec-....pth
@@ -17,10 +18,18 @@ Either way the result also holds the test metrics with the user's seen items mas
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import time
+import sys
+
+if __name__ == "__main__":
+    # started as a file, its folder (p2rec's bench package) comes first on sys.path: drop it, so that no
+    # module beside this one can stand in for one that RecBole or torch imports
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # RecBole reloads its best checkpoint with pickle
 

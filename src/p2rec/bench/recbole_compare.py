@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Side by side with RecBole: SASRec, GRU4Rec and Caser trained by RecBole 1.2.1 and by p2rec on the same split.
 
 1. Creates RecBole's own virtual environment (``--venv``, default .bench/recbole-venv) with its own pins
@@ -6,7 +5,7 @@
 2. Converts the prepared p2rec split (``--data``, default results/data/beauty/sequences.txt) into RecBole
    atomic files: one interaction per item, with a running timestamp, so RecBole's leave-one-out
    (order TO, group by user) sees exactly p2rec's train/valid/test items; the worker checks this user by
-   user and the script fails on any mismatch.
+   user and the command fails on any mismatch.
 3. Trains each model with both libraries under matched settings: hidden 64, max length 50, full-softmax
    cross-entropy, batch 256, Adam lr 1e-3, full ranking, early stopping on validation NDCG@10 with
    patience 10 (``--max-epochs`` caps the epochs). RecBole does not mask already-seen items in full
@@ -18,12 +17,13 @@
 4. Writes ``<out-dir>/recbole.csv`` (library, model, sec_per_epoch, eval_sec, epochs, hr@10, ndcg@10, ...)
    and ``<out-dir>/recbole.md`` with the ratios.
 
-    python scripts/bench_recbole.py --max-epochs 200            # the full Beauty comparison
-    python scripts/bench_recbole.py --data /tmp/synth/sequences.txt --max-epochs 1 --out-dir /tmp/rb
+    python -m p2rec bench recbole --max-epochs 200            # the full Beauty comparison
+    python -m p2rec bench recbole --data /tmp/synth/sequences.txt --max-epochs 1 --out-dir /tmp/rb
+
+RecBole itself runs in ``recbole_worker.py`` beside this file, started as a file by RecBole's interpreter.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -42,8 +42,8 @@ from p2rec.io import command_line, markdown_rows, write_json, write_table_files,
 from p2rec.models.registry import build_backbone
 from p2rec.training.trainer import environment, eval_batching, resolve_device, seed_everything, train_backbone
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("recbole_worker.py")
+# RecBole's side environment; envs/recbole.yaml pins the same (tests/test_envs.py checks)
 PINS = ["recbole==1.2.1", "torch==2.13.0", "numpy<2", "pandas<3", "setuptools<81"]
 COLUMNS = ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10", "ndcg@10",
            "training_samples", "test_eval_sec", "precision", "samples", "hr@10_masked", "ndcg@10_masked"]
@@ -59,50 +59,13 @@ CASER_WINDOW = 5  # p2rec's Caser window (module default); RecBole's Caser windo
 LOSSES = {"ce": ("CE", "ce"), "one-negative": ("BPR", "bce")}  # --loss: (RecBole loss_type, p2rec train.loss)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="results/data/beauty/sequences.txt", help="prepared sequences.txt")
-    p.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=sorted(RECBOLE_MODELS))
-    p.add_argument("--loss", default="ce", choices=sorted(LOSSES),
-                   help="ce: full softmax in both; one-negative: RecBole BPR vs p2rec bce, one sampled negative")
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eval-batch-size", type=int, default=2048)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=2020)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for both libraries (0: default)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
-                   help="p2rec's train.precision values, one p2rec run each (dtype of the cross-entropy's matrix "
-                        "products; RecBole always fp32)")
-    p.add_argument("--mask-history", action="store_true",
-                   help="mask seen items in p2rec's ranking (RecBole never does; off = matched)")
-    p.add_argument("--model-override", type=json.loads, default={},
-                   help="JSON merged into p2rec's backbone parameters, e.g. '{\"dropout\": 0.5}' (RecBole's SASRec "
-                        "dropout); RecBole's settings never change")
-    p.add_argument("--samples", nargs="+", default=["sequences"], choices=["sequences", "prefixes"],
-                   help="p2rec's train.samples values, one p2rec run each (per precision): every position of a "
-                        "user's sequence in one causal pass, or each prefix its own sample with the loss at its "
-                        "end (RecBole's way)")
-    p.add_argument("--p2rec-only", action="store_true",
-                   help="run p2rec alone (ablations of p2rec's side against RecBole rows measured before)")
-    p.add_argument("--recbole-results", nargs="+", default=[], metavar="JSON",
-                   help="result files of RecBole runs made before (recbole_worker.py's result.json, e.g. a run "
-                        "resumed to its end) used as those models' RecBole rows instead of training RecBole again")
-    p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"))
-    p.add_argument("--work-dir", default=str(REPO / ".bench" / "recbole-work"))
-    p.add_argument("--out-dir", default=str(REPO / "results" / "reproduction"))
-    p.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
-    args = p.parse_args(argv)
-    args.command = command_line("bench_recbole.py", argv)
+def check_args(args) -> str | None:
+    """Usage errors found before RecBole's long run, not after it."""
     if args.max_epochs < 1 or args.patience < 1:
-        p.error("--max-epochs and --patience must be >= 1")
-    if set(args.precisions) != {"fp32"} and args.loss != "ce":  # checked before RecBole's long run, not after it
-        p.error("--precisions other than fp32 apply to --loss ce only")
-    return args
+        return "--max-epochs and --patience must be >= 1"
+    if set(args.precisions) != {"fp32"} and args.loss != "ce":
+        return "--precisions other than fp32 apply to --loss ce only"
+    return None
 
 
 # ------------------------------------------------------------------ RecBole's environment
@@ -114,13 +77,16 @@ def ensure_venv(venv: Path, python: str | None = None) -> Path:
     want = "\n".join(PINS) + "\n"
     if py.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
         return py
-    if not py.exists():
-        print(f"creating {venv}", file=sys.stderr, flush=True)
-        subprocess.run([python or sys.executable, "-m", "venv", str(venv)], check=True)
-    print(f"installing {' '.join(PINS)} into {venv}", file=sys.stderr, flush=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS], check=True)
     check = "import numpy, pandas, torch, recbole; print(recbole.__version__, torch.__version__, numpy.__version__)"
-    out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        if not py.exists():
+            print(f"creating {venv}", file=sys.stderr, flush=True)
+            subprocess.run([python or sys.executable, "-m", "venv", str(venv)], check=True)
+        print(f"installing {' '.join(PINS)} into {venv}", file=sys.stderr, flush=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS], check=True)
+        out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True).stdout.strip()
+    except subprocess.CalledProcessError as err:  # one line, as every other failure of the command
+        raise P2RecError(str(err)) from None
     print(f"RecBole venv ready: recbole/torch/numpy {out}", file=sys.stderr, flush=True)
     stamp.write_text(want, encoding="utf-8")
     return py
@@ -370,8 +336,8 @@ def write_outputs(rows: list[dict], args, recbole_env: dict, p2rec_settings: dic
     return md
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
+def run(args) -> list[dict]:
+    args.command = command_line(args.argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work_dir).resolve()  # the worker runs inside its run folder: relative paths would break
@@ -405,10 +371,3 @@ def main(argv=None) -> list[dict]:
     print(md)
     print(f"done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return rows
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except (P2RecError, subprocess.CalledProcessError) as err:
-        sys.exit(f"error: {err}")

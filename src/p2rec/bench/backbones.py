@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Speed of every registered backbone on one prepared dataset, measured side by side in one run.
 
 For each backbone (module defaults, cross-entropy, the trainer's batching): seconds per training epoch,
@@ -7,7 +6,7 @@ in users per second on the test inputs (all users). Repeats are interleaved acro
 every backbone, then repeat 2, ...), so load changes on a shared machine hit all backbones alike; the
 reported figures are medians over repeats.
 
-    python scripts/bench_backbones.py --data results/data/beauty/sequences.txt --max-len 50 \
+    python -m p2rec bench backbones --data results/data/beauty/sequences.txt --max-len 50 \
         --epochs-to-time 1 --repeat 3 --out results/bench/beauty
 
 ``--precisions fp32 bf16`` times each backbone's training with both dtypes of the cross-entropy's matrix
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from p2rec import P2RecError
+from p2rec.bench.commands import invalid_choice
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking
@@ -40,34 +40,16 @@ COLUMNS = ["backbone", "parameters", "sec_per_epoch", "valid_eval_sec", "test_ev
            "users", "training_sequences", "max_len", "repeats"]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="prepared sequences.txt (results/data/<dataset>/sequences.txt)")
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--epochs-to-time", type=int, default=1,
-                   help="training epochs timed per repeat (0: time the evaluation only)")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
-    p.add_argument("--backbones", nargs="+", default=sorted(BACKBONES), help="default: every registered one")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=sorted(PRECISIONS),
-                   help="train.precision values to time side by side (default: fp32 only)")
-    p.add_argument("--compare-generic", action="store_true",
-                   help="also time the reference evaluation path (full forward, padded batches) and report the "
-                        "speed-up and the share of identical ranks")
-    args = p.parse_args(argv)
+def check_args(args: argparse.Namespace) -> str | None:
+    """A usage error, if any; ``--backbones`` left out means every registered one."""
+    if args.backbones is None:
+        args.backbones = sorted(BACKBONES)
     unknown = [b for b in args.backbones if b not in BACKBONES]
     if unknown:
-        p.error(f"unknown backbone(s) {unknown}; registered: {sorted(BACKBONES)}")
+        return f"unknown backbone(s) {unknown}; registered: {sorted(BACKBONES)}"
     if args.repeat < 1 or args.epochs_to_time < 0 or args.max_len < 1:
-        p.error("--repeat and --max-len must be >= 1, --epochs-to-time >= 0 (0: evaluation only)")
-    return args
+        return "--repeat and --max-len must be >= 1, --epochs-to-time >= 0 (0: evaluation only)"
+    return invalid_choice("--precisions", args.precisions, PRECISIONS)
 
 
 def _sync(device: torch.device) -> None:
@@ -99,7 +81,7 @@ def time_evaluation(model, inputs, targets, max_len: int, batch_size: int, devic
     return time.perf_counter() - start, ranks
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def measure(args: argparse.Namespace) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -204,18 +186,10 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, env: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    rows = run(args)
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = measure(args)
     env = environment(resolve_device(args.device))
     md = to_markdown(rows, args, env)
     write_table_files(args.out, rows, columns(args), md)
     print(md)
     return rows
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except P2RecError as err:
-        sys.exit(f"error: {err}")

@@ -3,15 +3,13 @@
 User-level SFT runs on CUDA (bf16 by `dtype: auto`); the resulting adapter is then read by extraction on
 CUDA (bf16) and on CPU (fp32). Prints and writes (``--out``) the devices and dtypes the stages recorded, SFT
 tokens/s and peak GPU memory, and how closely the two extractions agree (parsed-category agreement,
-correlation of the hidden states). Needs a CUDA device; exits with an error where there is none.
+correlation of the hidden states). Needs a CUDA device; stops with an error where there is none.
 
-    python scripts/check_cuda.py --data results/data/synthetic/sequences.txt --out cuda_check.json
+    python -m p2rec bench check-cuda --data results/data/synthetic/sequences.txt --out cuda_check.json
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,17 +17,16 @@ import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from p2rec.workflow.config import validate_config  # noqa: E402
-from p2rec.data.sequences import read_sequences  # noqa: E402
-from p2rec.data.split import leave_one_out  # noqa: E402
-from p2rec.llm import categories as cat  # noqa: E402
-from p2rec.llm.extract import extract_items  # noqa: E402
-from p2rec.llm.settings import sft_settings  # noqa: E402
-from p2rec.llm.sft import run_sft  # noqa: E402
-from p2rec.llm.tiny import build_tiny_llm  # noqa: E402
+from p2rec import P2RecError
+from p2rec.bench.commands import REPO
+from p2rec.data.sequences import read_sequences
+from p2rec.data.split import leave_one_out
+from p2rec.llm import categories as cat
+from p2rec.llm.extract import extract_items
+from p2rec.llm.settings import sft_settings
+from p2rec.llm.sft import run_sft
+from p2rec.llm.tiny import build_tiny_llm
+from p2rec.workflow.config import validate_config
 
 K = 8
 
@@ -37,18 +34,13 @@ K = 8
 def settings(device: str) -> dict:
     """The committed config's user-level SFT settings (prompt, LoRA, batch, epochs), for the tiny model, with
     K = 8 and a larger learning rate so that one short epoch moves the head."""
-    config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     return {**sft_settings(config, "synthetic", "user"), "model": "tiny", "device": device, "k": K, "lr": 1e-3}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="prepared sequences.txt")
-    parser.add_argument("--out", default=None, help="write the summary as JSON here")
-    parser.add_argument("--device", default="cuda", help="device under test (cpu only to check this script)")
-    args = parser.parse_args()
+def run(args) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: no CUDA device visible")
+        raise P2RecError("no CUDA device visible")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         data = read_sequences(args.data)
@@ -82,7 +74,4 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    return summary
