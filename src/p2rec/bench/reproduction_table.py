@@ -5,7 +5,7 @@ one folder per loss, and the published reference numbers from results/reproducti
 Runs are grouped by dataset, backbone, loss, train.samples, train.targets and the kind of device each run's
 timing.json records (cpu or gpu: CPU and GPU runs are never pooled; GPU runs of one cell may come from
 different GPU models, listed in the machines column). A seed found in more than one folder (the same run made
-twice, e.g. by the workflow and by reproduce_grid) counts once: the folder given first wins, and the others are
+twice, e.g. in two working folders) counts once: the folder given first wins, and the others are
 named on stderr. Writes <out>.md and <out>.csv with the columns dataset, backbone, loss, samples, targets,
 device, seeds, hr@10, ndcg@10, hr@10_std, ndcg@10_std, epochs, machines, published_hr@10, published_ndcg@10,
 ratio_hr@10, ratio_ndcg@10.
@@ -93,7 +93,7 @@ def run(args) -> pd.DataFrame:
                f"pass, the suite's default; prefixes: each prefix its own sample, as RecBole trains). "
                f"targets: the runs' train.targets (each position trained toward its next T items; 3 is Caser's T). "
                f"Device: the kind each run's timing.json records (cpu: {cpu_threads} torch thread(s) on the {platform.machine()} 2-core "
-               f"development machine; gpu: several runs at once on one GPU via scripts/reproduce_grid.py; machines: "
+               f"development machine; gpu: several runs at once on one GPU; machines: "
                f"which GPU ran how many of the cell's seeds). "
                f"Published numbers: {args.published}.")
     out.with_suffix(".md").write_text(caption + "\n\n" + shown.to_markdown(index=False) + "\n")

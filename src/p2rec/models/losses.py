@@ -3,7 +3,7 @@
 ``chunked_softmax_ce`` is the full-softmax cross-entropy computed in row chunks with the gradient
 written by hand: it never materialises the [positions x items] logit matrix for autograd, which on a
 2-core CPU halves the cost of an epoch. The gradient is summed in the forward pass, from each chunk's
-softmax, so no logit is computed twice (``scripts/bench_cross_entropy.py``).
+softmax, so no logit is computed twice (``p2rec bench cross-entropy`` times it).
 With ``precision="bf16"`` (``train.precision``) its three matrix products run in bfloat16 while the
 logits, log-sum-exp, softmax and accumulated gradients keep the inputs' float32: about 2x faster on a
 CPU with AVX512-BF16, at the rounding of bfloat16 inputs (relative gradient error ~0.4%).
