@@ -6,6 +6,7 @@ with a message that names the key.
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import resources
 from typing import Any
 
@@ -16,6 +17,13 @@ from p2rec import P2RecError
 
 
 def load_schema() -> dict:
+    """The configuration schema (a fresh copy: callers may change it). Parsed once per process: the workflow
+    asks for it per job while building the DAG, and parsing the YAML each time cost seconds."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_schema() -> dict:
     text = resources.files("p2rec").joinpath("schema/config.schema.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 

@@ -46,6 +46,13 @@ def _module_file(module: str) -> Path | None:
 
 def _imports(module: str) -> set[str]:
     path = _module_file(module)
+    stat = path.stat()
+    return _imports_of(module, path, stat.st_mtime_ns, stat.st_size)
+
+
+# keyed by the file's mtime and size too, so an edited file is read again (the workflow asks once per job)
+@functools.lru_cache(maxsize=None)
+def _imports_of(module: str, path: Path, mtime_ns: int, size: int) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found = set()
     for node in ast.walk(tree):
@@ -92,8 +99,13 @@ def stage_sources(stage: str, backbone: str | None = None) -> list[Path]:
 
 
 def _digest(files: list[Path]) -> str:
+    return _digest_of(tuple((p, p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+
+
+@functools.lru_cache(maxsize=None)
+def _digest_of(files: tuple) -> str:
     digest = hashlib.sha256()
-    for path in files:
+    for path, _, _ in files:
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
