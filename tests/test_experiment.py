@@ -71,6 +71,10 @@ def test_lineage_changes_with_upstream_settings_only_where_used(config):
     assert changed["none"] == base["none"] and changed["cf_init"] == base["cf_init"]
     assert changed["p2rec"] != base["p2rec"]
     assert run_lineage(config, "synthetic", "gru4rec", "none", 2)["lineage"] != base["none"]
+    config["train"].update(threads=1, device="cuda", eval_batch_size=2048)  # how it runs, not what it computes
+    assert run_lineage(config, "synthetic", "gru4rec", "none", 1)["lineage"] == base["none"]
+    config["train"]["lr"] = 0.01
+    assert run_lineage(config, "synthetic", "gru4rec", "none", 1)["lineage"] != base["none"]
 
 
 def test_unknown_experiment_and_undeclared_dataset_are_named(config):

@@ -28,6 +28,8 @@ from p2rec.workflow.versions import STAGE_ENTRIES, stage_version, stale_stages, 
 #: the files of one backbone run (all published; ``provenance.json`` carries the lineage)
 RUN_FILES = ("metrics.json", "ranks.csv.gz", "timing.json", "config.json", "history.csv", "provenance.json")
 MANIFEST = "MANIFEST.json"
+#: train settings that change how a run executes, not what it computes (left out of the lineage)
+RUNTIME_KEYS = ("threads", "device", "eval_batch_size", "checkpoint_every")
 INDEX = "INDEX.md"
 
 
@@ -91,6 +93,9 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
 
     settings = train_settings(config, dataset, backbone)
     hidden = settings["train"]["hidden"]
+    # how a run is executed never changes its numbers (as in the trainer's checkpoint fingerprint): a run made
+    # with 1 thread on a CPU is the same run as one made on a GPU with a larger evaluation batch
+    settings = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in RUNTIME_KEYS}}
     versions = {"prepare": stage_version("prepare"), version_key("train", backbone): stage_version("train", backbone)}
     upstream = {}
     for stage in config["variant_catalog"][variant].get("lineage", []):
