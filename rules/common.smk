@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, the experiment's folders, wildcard constraints, targets.
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from p2rec.workflow.versions import stage_version
 from p2rec.workflow.gpu import gpu_resource, lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on its GPU slot(s) or device(s)
 
 config.update(validate_config(config))
+# jobs in a conda environment (--software-deployment-method conda) import the package from this checkout
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(workflow.basedir) / "src"),
+                                                       os.environ.get("PYTHONPATH")) if p)
 check_experiment(config, workflow.basedir)
 
 # working files of this experiment (ignored by git) and its published folder (committed)
