@@ -87,3 +87,29 @@ rule sft_efficiency_plot:
         CPU_ENV
     shell:
         "python -m p2rec plots --sft-timing {input.sft_timing} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# A/A calibration of the tables' test (docs/statistics.md): `calibration.method` over the seeds, and the
+# seed-level test's power against `calibration.planted`
+rule calibration_table:
+    input:
+        runs=lambda w: [W(f"runs/{w.dataset}/{w.backbone}/{config['calibration']['method']}/seed{s}/metrics.json")
+                        for s in T.dataset_seeds(config, w.dataset)],
+        planted=lambda w: [W(f"runs/{w.dataset}/{w.backbone}/{config['calibration']['planted']}/seed{s}/metrics.json")
+                           for s in T.dataset_seeds(config, w.dataset)] if config["calibration"]["planted"] else [],
+    output:
+        csv=W("tables/calibration/{dataset}_{backbone}.csv"),
+        md=W("tables/calibration/{dataset}_{backbone}.md"),
+    params:
+        alpha=lambda w: config["calibration"]["alpha"],
+        max_splits=lambda w: config["calibration"]["max_splits"],
+        seed=config["report"]["seed"],
+        planted=lambda w, input: f"--planted {' '.join(input.planted)}" if input.planted else "",
+        prefix=lambda w, output: output.csv[: -len(".csv")],
+    log:
+        W("logs/tables/calibration_{dataset}_{backbone}.log"),
+    conda:
+        CPU_ENV
+    shell:
+        "python -m p2rec calibrate --runs {input.runs} {params.planted} --alpha {params.alpha}"
+        " --max-splits {params.max_splits} --seed {params.seed} --out {params.prefix} > {log} 2>&1"

@@ -54,6 +54,12 @@ def check_experiment(config: dict, workflow_dir: str | os.PathLike = ".") -> Non
     if name not in known:
         raise P2RecError(f"config key 'experiment.name': unknown experiment '{name}' (no {folder / (name + '.yaml')}; "
                          f"known: {', '.join(known) or 'none'})")
+    calibration = config.get("calibration") or {}
+    for key in ("method", "planted"):
+        variant = calibration.get(key)
+        if variant is not None and variant not in config["variants"]:
+            raise P2RecError(f"config key 'calibration.{key}': variant '{variant}' is not in the grid's variants "
+                             f"({', '.join(config['variants'])})")
     declared = config["experiment"].get("datasets")
     if declared is not None:
         for i, dataset in enumerate(config["datasets"]):

@@ -120,9 +120,18 @@ def plot_files(config: dict) -> list[str]:
     return files
 
 
+def calibration_files(config: dict) -> list[str]:
+    """The A/A calibration tables (``calibration`` configured): one per dataset x backbone, CSV + markdown."""
+    if not config.get("calibration"):
+        return []
+    return [f"tables/calibration/{d}_{b}.{ext}" for d in config["datasets"] for b in config["backbones"]
+            for ext in ("csv", "md")]
+
+
 def report_files(config: dict) -> list[str]:
-    """Tables, plots and the category table, relative to the working folder."""
-    return table_files() + plot_files(config) + (["tables/categories.csv"] if llm_variants(config) else [])
+    """Tables, plots, the category table and the calibration tables, relative to the working folder."""
+    return (table_files() + plot_files(config) + (["tables/categories.csv"] if llm_variants(config) else [])
+            + calibration_files(config))
 
 
 def _records(config: dict) -> list[str]:
