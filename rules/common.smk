@@ -6,7 +6,7 @@ from pathlib import Path
 
 from p2rec.workflow import targets as T
 from p2rec.workflow.config import train_settings, validate_config
-from p2rec.workflow.experiment import check_experiment, published_root, work_root
+from p2rec.workflow.experiment import check_experiment, pipeline_config, published_root, work_root
 from p2rec.workflow.versions import stage_version
 from p2rec.workflow.gpu import gpu_resource, lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on its GPU slot(s) or device(s)
 
@@ -36,6 +36,7 @@ wildcard_constraints:
     backbone=_alternatives(set(config["backbones"]) | {config["pretrain"]["backbone"]}),
     variant=_alternatives(config["variant_catalog"]),
     seed=r"\d+",
+    pipeline=r"shared|seed\d+",
 
 
 def final_targets():
@@ -69,7 +70,7 @@ def restore_flag(wildcards):
 
 def item_init_input(wildcards):
     # a run restored from its published copy needs nothing upstream
-    path = T.item_init_file(config, wildcards.dataset, wildcards.backbone, wildcards.variant)
+    path = T.item_init_file(config, wildcards.dataset, wildcards.backbone, wildcards.variant, wildcards.seed)
     return [path] if path and not T.restorable(config, *_run_key(wildcards)) else []
 
 

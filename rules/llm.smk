@@ -48,18 +48,18 @@ rule convert_llm:
 rule llm_categories:
     input:
         data=W("data/{dataset}/sequences.txt"),
-        table=W("pretrain/{dataset}/item_table.npy"),
+        table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
     output:
-        categories=W("llm/{dataset}/categories/categories.npy"),
-        g_u=W("llm/{dataset}/categories/g_u.npy"),
-        users=W("llm/{dataset}/categories/users.txt"),
-        summary=W("llm/{dataset}/categories/categories.json"),
+        categories=W("llm/{pipeline}/{dataset}/categories/categories.npy"),
+        g_u=W("llm/{pipeline}/{dataset}/categories/g_u.npy"),
+        users=W("llm/{pipeline}/{dataset}/categories/users.txt"),
+        summary=W("llm/{pipeline}/{dataset}/categories/categories.json"),
     params:
-        settings=lambda w: json.dumps(categories_settings(config, w.dataset), sort_keys=True),
+        settings=lambda w: json.dumps(categories_settings(pipeline_config(config, w.pipeline), w.dataset), sort_keys=True),
         code_version=stage_version("categories"),
         out_dir=lambda w, output: str(Path(output.summary).parent),
     log:
-        W("logs/llm/{dataset}/categories.log"),
+        W("logs/llm/{pipeline}/{dataset}/categories.log"),
     conda:
         CPU_ENV
     shell:
@@ -70,16 +70,16 @@ rule llm_categories:
 rule llm_sft:
     input:
         data=W("data/{dataset}/sequences.txt"),
-        table=W("pretrain/{dataset}/item_table.npy"),
-        categories=W("llm/{dataset}/categories/categories.npy"),
-        g_u=lambda w: [W("llm/{dataset}/categories/g_u.npy")] if SFT_MODE[w.sft] == "user" else [],
+        table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
+        categories=W("llm/{pipeline}/{dataset}/categories/categories.npy"),
+        g_u=lambda w: [W("llm/{pipeline}/{dataset}/categories/g_u.npy")] if SFT_MODE[w.sft] == "user" else [],
         model=lambda w: model_input(config, w.dataset),
     output:
-        adapter=directory(W("llm/{dataset}/{sft}/adapter")),
-        timing=W("llm/{dataset}/{sft}/timing.json"),
+        adapter=directory(W("llm/{pipeline}/{dataset}/{sft}/adapter")),
+        timing=W("llm/{pipeline}/{dataset}/{sft}/timing.json"),
     cache: True
     params:
-        settings=lambda w: json.dumps(sft_settings(config, w.dataset, SFT_MODE[w.sft]), sort_keys=True),
+        settings=lambda w: json.dumps(sft_settings(pipeline_config(config, w.pipeline), w.dataset, SFT_MODE[w.sft]), sort_keys=True),
         mode=lambda w: SFT_MODE[w.sft],
         g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
         model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
@@ -89,7 +89,7 @@ rule llm_sft:
     resources:
         gpu=gpu_resource(whole_device=True),  # the LLM takes a whole device
     log:
-        W("logs/llm/{dataset}/sft_{sft}.log"),
+        W("logs/llm/{pipeline}/{dataset}/sft_{sft}.log"),
     conda:
         CPU_ENV
     shell:
@@ -103,13 +103,13 @@ rule llm_sft:
 
 rule llm_extract:
     input:
-        adapter=W("llm/{dataset}/{sft}/adapter"),
-        table=W("pretrain/{dataset}/item_table.npy"),
+        adapter=W("llm/{pipeline}/{dataset}/{sft}/adapter"),
+        table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
         model=lambda w: model_input(config, w.dataset),
     output:
-        hidden=W("llm/{dataset}/{sft}/item_hidden.npy"),
-        parsed=W("llm/{dataset}/{sft}/parsed_categories.npy"),
-        timing=W("llm/{dataset}/{sft}/extract_timing.json"),
+        hidden=W("llm/{pipeline}/{dataset}/{sft}/item_hidden.npy"),
+        parsed=W("llm/{pipeline}/{dataset}/{sft}/parsed_categories.npy"),
+        timing=W("llm/{pipeline}/{dataset}/{sft}/extract_timing.json"),
     cache: True
     params:
         settings=lambda w: json.dumps(extract_settings(config, w.dataset), sort_keys=True),
@@ -119,7 +119,7 @@ rule llm_extract:
     resources:
         gpu=gpu_resource(whole_device=True),  # the LLM takes a whole device
     log:
-        W("logs/llm/{dataset}/extract_{sft}.log"),
+        W("logs/llm/{pipeline}/{dataset}/extract_{sft}.log"),
     conda:
         CPU_ENV
     shell:
@@ -132,16 +132,16 @@ rule llm_extract:
 
 rule llm_reduce:
     input:
-        hidden=W("llm/{dataset}/{sft}/item_hidden.npy"),
+        hidden=W("llm/{pipeline}/{dataset}/{sft}/item_hidden.npy"),
         stats=W("data/{dataset}/stats.json"),
     output:
-        table=W("llm/{dataset}/{sft}/item_init_d{hidden}.npy"),
-        info=W("llm/{dataset}/{sft}/item_init_d{hidden}.json"),
+        table=W("llm/{pipeline}/{dataset}/{sft}/item_init_d{hidden}.npy"),
+        info=W("llm/{pipeline}/{dataset}/{sft}/item_init_d{hidden}.json"),
     params:
         settings=lambda w: json.dumps(reduce_settings(w.hidden), sort_keys=True),
         code_version=stage_version("reduce"),
     log:
-        W("logs/llm/{dataset}/reduce_{sft}_d{hidden}.log"),
+        W("logs/llm/{pipeline}/{dataset}/reduce_{sft}_d{hidden}.log"),
     conda:
         CPU_ENV
     shell:
@@ -151,15 +151,15 @@ rule llm_reduce:
 
 rule llm_parse_eval:
     input:
-        categories=W("llm/{dataset}/categories/categories.npy"),
-        parsed=W("llm/{dataset}/{sft}/parsed_categories.npy"),
+        categories=W("llm/{pipeline}/{dataset}/categories/categories.npy"),
+        parsed=W("llm/{pipeline}/{dataset}/{sft}/parsed_categories.npy"),
         truth=W("data/{dataset}/truth.tsv"),
     output:
-        W("llm/{dataset}/{sft}/parse_eval.json"),
+        W("llm/{pipeline}/{dataset}/{sft}/parse_eval.json"),
     params:
         code_version=stage_version("parse"),
     log:
-        W("logs/llm/{dataset}/parse_eval_{sft}.log"),
+        W("logs/llm/{pipeline}/{dataset}/parse_eval_{sft}.log"),
     conda:
         CPU_ENV
     shell:

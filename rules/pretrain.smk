@@ -8,19 +8,19 @@ rule pretrain_backbone:
     input:
         data=W("data/{dataset}/sequences.txt"),
     output:
-        table=W("pretrain/{dataset}/item_table.npy"),
-        metrics=W("pretrain/{dataset}/run/metrics.json"),
-        timing=W("pretrain/{dataset}/run/timing.json"),
+        table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
+        metrics=W("pretrain/{pipeline}/{dataset}/run/metrics.json"),
+        timing=W("pretrain/{pipeline}/{dataset}/run/timing.json"),
     cache: True
     params:
-        settings=lambda w: json.dumps(pretrain_settings(config, w.dataset), sort_keys=True),
-        seed=config["pretrain"]["seed"],
+        settings=lambda w: json.dumps(pretrain_settings(pipeline_config(config, w.pipeline), w.dataset), sort_keys=True),
+        seed=lambda w: pipeline_config(config, w.pipeline)["pretrain"]["seed"],
         code_version=stage_version("train", config["pretrain"]["backbone"]),
         out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
         gpu=gpu_resource(),  # one slot: small jobs share a device
     log:
-        W("logs/pretrain/{dataset}.log"),
+        W("logs/pretrain/{pipeline}/{dataset}.log"),
     conda:
         CPU_ENV
     shell:
@@ -35,16 +35,16 @@ rule pretrain_backbone:
 # p2rec differ only in what is reduced.
 rule cf_init_table:
     input:
-        table=W("pretrain/{dataset}/item_table.npy"),
+        table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
         stats=W("data/{dataset}/stats.json"),
     output:
-        table=W("pretrain/{dataset}/item_init_d{hidden}.npy"),
-        info=W("pretrain/{dataset}/item_init_d{hidden}.json"),
+        table=W("pretrain/{pipeline}/{dataset}/item_init_d{hidden}.npy"),
+        info=W("pretrain/{pipeline}/{dataset}/item_init_d{hidden}.json"),
     params:
         settings=lambda w: json.dumps(reduce_settings(w.hidden), sort_keys=True),
         code_version=stage_version("reduce"),
     log:
-        W("logs/pretrain/{dataset}/reduce_d{hidden}.log"),
+        W("logs/pretrain/{pipeline}/{dataset}/reduce_d{hidden}.log"),
     conda:
         CPU_ENV
     shell:

@@ -90,7 +90,7 @@ def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(t
 
     llm = build_tiny_llm(tmp_path / "tiny_llm")
     (tmp_path / "cache").mkdir()
-    target = "work/main/llm/synthetic/p2rec/extract_timing.json"
+    target = "work/main/llm/shared/synthetic/p2rec/extract_timing.json"
 
     def run(name: str, **llm_overrides) -> str:
         work = tmp_path / name
@@ -104,7 +104,7 @@ def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(t
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
-    sft = "work/main/llm/synthetic/p2rec"
+    sft = "work/main/llm/shared/synthetic/p2rec"
     log = run("first")
     assert f"Moving output file {sft}/timing.json to cache." in log
     assert f"Moving output file {sft}/item_hidden.npy to cache." in log
@@ -113,9 +113,9 @@ def test_real_llm_stages_are_reused_from_the_cache_across_workflow_directories(t
     assert f"Symlinking output file {sft}/item_hidden.npy from cache." in log
     assert f"Symlinking output file {sft}/extract_timing.json from cache." in log
     assert "to cache." not in log  # nothing computed again, stage 0 included
-    sft_log = tmp_path / "second" / "work/main/logs/llm/synthetic/sft_p2rec.log"
+    sft_log = tmp_path / "second" / "work/main/logs/llm/shared/synthetic/sft_p2rec.log"
     assert not sft_log.exists() or sft_log.read_text() == ""  # the stage never ran there
     log = run("changed-lr", lr=0.001)
     assert f"Moving output file {sft}/timing.json to cache." in log  # a new LLM setting: computed again
-    assert "Symlinking output file work/main/pretrain/synthetic/item_table.npy from cache." in log  # stage 0 reused
-    assert "Moving output file work/main/pretrain/synthetic/item_table.npy to cache." not in log
+    assert "Symlinking output file work/main/pretrain/shared/synthetic/item_table.npy from cache." in log  # stage 0 reused
+    assert "Moving output file work/main/pretrain/shared/synthetic/item_table.npy to cache." not in log

@@ -165,3 +165,27 @@ def test_status_counts_current_and_stale_runs(config, tmp_path, package_copy, ca
     assert cli(["status", "--results", str(tmp_path / "results"), "--verbose"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].split()[1:] == ["3", "0", "3"] and "train:gru4rec" in out
+
+
+def test_pipeline_seeds_give_each_seed_its_own_upstream_stages(config):
+    from p2rec.llm.settings import pretrain_settings, sft_settings
+    from p2rec.workflow.experiment import pipeline_config, pipeline_name
+    from p2rec.workflow.targets import item_init_file
+
+    shared = {s: item_init_file(config, "synthetic", "gru4rec", "p2rec", s) for s in (1, 2)}
+    assert shared[1] == shared[2] == "work/main/llm/shared/synthetic/p2rec/item_init_d64.npy"
+    assert pipeline_config(config, "shared") is config  # off: the configured seeds, stages shared
+    config["pipeline_seeds"] = True
+    own = {s: item_init_file(config, "synthetic", "gru4rec", "p2rec", s) for s in (1, 2)}
+    assert own[1] == "work/main/llm/seed1/synthetic/p2rec/item_init_d64.npy" and own[1] != own[2]
+    assert pipeline_name(config, 2) == "seed2"
+    seeded = pipeline_config(config, "seed2")
+    assert seeded["pretrain"]["seed"] == 2 and seeded["llm"]["kmeans_seed"] == 2
+    assert sft_settings(seeded, "synthetic", "user")["seed"] == 2
+    assert sft_settings(seeded, "synthetic", "instance")["instance"]["sample_seed"] == 2
+    assert pretrain_settings(seeded, "synthetic") == pretrain_settings(config, "synthetic")  # seed passed apart
+    assert config["pretrain"]["seed"] == 0  # the configuration itself is untouched
+    one, two = (run_lineage(config, "synthetic", "gru4rec", "p2rec", s) for s in (1, 2))
+    assert one["lineage"] != two["lineage"]
+    config["pipeline_seeds"] = False
+    assert run_lineage(config, "synthetic", "gru4rec", "p2rec", 1)["lineage"] != one["lineage"]

@@ -73,17 +73,18 @@ def test_default_grid_runs_end_to_end(finished_run):
         config = json.loads((w / f"work/main/runs/synthetic/sasrec/{variant}/seed1/config.json").read_text())
         assert (config["item_init"] is None) == (variant == "none")
     n_items = json.loads((w / "work/main/data/synthetic/stats.json").read_text())["items"]
-    for path in ["work/main/pretrain/synthetic/item_init_d16.npy", "work/main/llm/synthetic/p2rec/item_init_d16.npy",
-                 "work/main/llm/synthetic/instance/item_init_d16.npy"]:
+    for path in ["work/main/pretrain/shared/synthetic/item_init_d16.npy",
+                 "work/main/llm/shared/synthetic/p2rec/item_init_d16.npy",
+                 "work/main/llm/shared/synthetic/instance/item_init_d16.npy"]:
         table = np.load(w / path)
         assert table.shape == (n_items + 1, 16) and np.all(table[0] == 0)
         assert table[1:].std() == pytest.approx(0.02, rel=1e-3)
-    user = json.loads((w / "work/main/llm/synthetic/p2rec/timing.json").read_text())
-    inst = json.loads((w / "work/main/llm/synthetic/instance/timing.json").read_text())
+    user = json.loads((w / "work/main/llm/shared/synthetic/p2rec/timing.json").read_text())
+    inst = json.loads((w / "work/main/llm/shared/synthetic/instance/timing.json").read_text())
     assert user["samples"] == user["users"] == 60 and user["extrapolated"] is False
     assert inst["samples"] == 40 and inst["extrapolated"] is True and inst["full_epoch"]["samples"] > 40
-    assert np.load(w / "work/main/llm/synthetic/categories/g_u.npy").shape == (60, 4)
-    assert np.load(w / "work/main/llm/synthetic/p2rec/item_hidden.npy").shape == (n_items + 1, 32)
+    assert np.load(w / "work/main/llm/shared/synthetic/categories/g_u.npy").shape == (60, 4)
+    assert np.load(w / "work/main/llm/shared/synthetic/p2rec/item_hidden.npy").shape == (n_items + 1, 32)
     rows = (w / "work/main/tables/categories.csv").read_text().splitlines()
     assert rows[0] == "dataset,variant,comparison,items,ari,nmi" and len(rows) == 1 + 2 * 3
     assert not list(w.glob("work/main/llm/**/checkpoint.pt"))

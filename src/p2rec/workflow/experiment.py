@@ -73,6 +73,35 @@ def canonical_command(config: dict) -> str:
     return f"snakemake --cores all --configfile experiments/{name}.yaml"
 
 
+# ------------------------------------------------------------------------------------------------ pipeline seeds
+SHARED = "shared"
+
+
+def pipeline_name(config: dict, seed) -> str:
+    """The folder of the upstream stages (stage 0, categories, SFT, extraction) a run of this seed uses:
+    ``shared`` (one per dataset, the default) or, with ``pipeline_seeds``, ``seed<N>`` of its own."""
+    return f"seed{int(seed)}" if config.get("pipeline_seeds") else SHARED
+
+
+def pipeline_config(config: dict, pipeline: str) -> dict:
+    """The configuration the upstream stages of ``pipeline`` run with: for ``seed<N>``, N seeds stage 0, the
+    k-means categories, the SFT and its instance sample, so their randomness enters the run-to-run variance."""
+    if pipeline == SHARED:
+        return config
+    seed = int(pipeline[len("seed"):])
+    out = json.loads(json.dumps(config))
+    out["pretrain"]["seed"] = seed
+    llm = out.setdefault("llm", {})
+    llm.update(seed=seed, kmeans_seed=seed)
+    llm["instance"] = {**(llm.get("instance") or {}), "sample_seed": seed}
+    for override in (llm.get("dataset_overrides") or {}).values():  # a dataset's override must not undo it
+        for key in ("seed", "kmeans_seed"):
+            (override or {}).pop(key, None)
+        if isinstance((override or {}).get("instance"), dict):
+            override["instance"].pop("sample_seed", None)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ lineage
 def _stage_settings(config: dict, stage: str, dataset: str, variant: str, hidden: int) -> dict:
     from p2rec.llm import settings as llm
@@ -99,6 +128,8 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
 
     settings = train_settings(config, dataset, backbone)
     hidden = settings["train"]["hidden"]
+    pipeline = pipeline_name(config, seed)
+    upstream_config = pipeline_config(config, pipeline)
     # how a run is executed never changes its numbers (as in the trainer's checkpoint fingerprint): a run made
     # with 1 thread on a CPU is the same run as one made on a GPU with a larger evaluation batch
     settings = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in RUNTIME_KEYS}}
@@ -110,10 +141,10 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
             versions[f"pretrain:{pre}"] = stage_version("train", pre)
         else:
             versions[stage] = stage_version(stage)
-        upstream[stage] = _stage_settings(config, stage, dataset, variant, hidden)
+        upstream[stage] = _stage_settings(upstream_config, stage, dataset, variant, hidden)
     data = {k: v for k, v in config["catalog"][dataset].items() if k != "train"}
     payload = {"run": {"dataset": dataset, "backbone": backbone, "variant": variant, "seed": int(seed)},
-               "data": data, "settings": settings, "item_init": config["variant_catalog"][variant].get("item_init"),
+               "data": data, "settings": settings, "pipeline": pipeline if upstream else None, "item_init": config["variant_catalog"][variant].get("item_init"),
                "upstream": upstream, "code_versions": versions}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return {"lineage": digest, "code_versions": versions, **payload["run"]}

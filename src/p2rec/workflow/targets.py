@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from p2rec.workflow.config import dataset_seeds, train_settings
-from p2rec.workflow.experiment import RUN_FILES, published_root, run_lineage, run_restorable, work_root
+from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, published_root, run_lineage, run_restorable,
+                                       work_root)
 
 PLOT_KINDS = ("scores", "convergence")
 
@@ -69,13 +70,19 @@ def _template(template: str) -> str:
     return template[len("results/"):] if template.startswith("results/") else template
 
 
+def report_pipeline(config: dict, dataset: str) -> str:
+    """Whose stage records the efficiency table shows: the shared stages, or (pipeline seeds) the first seed's."""
+    return pipeline_name(config, dataset_seeds(config, dataset)[0])
+
+
 def llm_timing_files(config: dict, extraction: bool = False) -> list[str]:
     """SFT (or extraction) timing records of the configured variants named in report.sft_variants (full paths)."""
     settings = config["report"]
     template = settings["extract_timing"] if extraction else settings["sft_timing"]
     if not template:
         return []
-    return [_record(config, _template(template).format(dataset=d, variant=v), variant_restored(config, d, v))
+    return [_record(config, _template(template).format(dataset=d, variant=v, pipeline=report_pipeline(config, d)),
+                    variant_restored(config, d, v))
             for d in config["datasets"] for v in config["variants"] if v in settings["sft_variants"]]
 
 
@@ -91,7 +98,7 @@ def stage0_timing_files(config: dict) -> list[str]:
     out = []
     for d in config["datasets"]:
         users = [v for v in config["variants"] if "pretrain" in config["variant_catalog"][v].get("lineage", [])]
-        out.append(_record(config, _template(template).format(dataset=d),
+        out.append(_record(config, _template(template).format(dataset=d, pipeline=report_pipeline(config, d)),
                            all(variant_restored(config, d, v) for v in users)))
     return out
 
@@ -103,7 +110,7 @@ def llm_variants(config: dict) -> list[str]:
 
 
 def parse_eval_files(config: dict) -> list[str]:
-    return [_record(config, f"llm/{d}/{v}/parse_eval.json", variant_restored(config, d, v))
+    return [_record(config, f"llm/{report_pipeline(config, d)}/{d}/{v}/parse_eval.json", variant_restored(config, d, v))
             for d in config["datasets"] for v in llm_variants(config)]
 
 
@@ -154,9 +161,10 @@ def published_files(config: dict) -> list[str]:
     return [next(p[len(x):] for x in prefixes if p.startswith(x)) for p in publish_inputs(config)]
 
 
-def item_init_file(config: dict, dataset: str, backbone: str, variant: str) -> str | None:
+def item_init_file(config: dict, dataset: str, backbone: str, variant: str, seed) -> str | None:
     template = config["variant_catalog"][variant].get("item_init")
     if not template:
         return None
     hidden = train_settings(config, dataset, backbone)["train"]["hidden"]
-    return f"{work_root(config)}/{template.format(dataset=dataset, hidden=hidden)}"
+    path = template.format(dataset=dataset, hidden=hidden, pipeline=pipeline_name(config, seed))
+    return f"{work_root(config)}/{path}"
