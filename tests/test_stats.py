@@ -1,4 +1,4 @@
-"""Statistics of the paper tables against scipy and hand-computed values."""
+"""Statistics of the paper tables against scipy, simulation and hand-computed values."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from p2rec.report.stats import (compare_seeds, compare_users, holm, paired_permutation_test, paired_ttest, relative_effect,
-                         user_means_over_seeds)
+from p2rec.report.stats import (compare_seeds, compare_users, holm, min_detectable_difference, paired_permutation_test,
+                                paired_ttest, rejection_interval, relative_effect, seed_ttest, user_means_over_seeds)
 
 A = np.array([0.50, 0.00, 1.00, 0.63, 0.39, 0.00, 1.00, 0.43, 0.31, 0.00])
 B = np.array([0.39, 0.00, 0.63, 0.63, 0.00, 0.00, 1.00, 0.29, 0.31, 0.50])
@@ -134,3 +134,69 @@ def test_compare_users_pairs_by_user_id_and_compare_seeds_by_seed_id():
     assert seeds["p_raw"] == pytest.approx(stats.ttest_rel([0.30, 0.32], [0.25, 0.33]).pvalue)
     with pytest.raises(ValueError):
         compare_users(t, c, test="wilcoxon")
+
+
+# ----------------------------------------------------------------------------------------------- seed level
+def test_seed_ttest_against_a_hand_computed_case():
+    # d = (0.010, 0.025, 0.010): mean 0.015, sd sqrt(0.000075), se 0.005, t = 3 with 2 df;
+    # two-sided p for df = 2 in closed form: 1 - t / sqrt(t^2 + 2)
+    res = seed_ttest([0.31, 0.33, 0.32], [0.30, 0.305, 0.31])
+    assert (res.n_seeds, res.df) == (3, 2)
+    assert res.statistic == pytest.approx(3.0)
+    assert res.p_value == pytest.approx(1 - 3 / math.sqrt(11))
+    assert res.effect == pytest.approx(0.015 / 0.305)
+    half = 4.302652729911275 * 0.005  # t(0.975, 2) * se
+    assert (res.ci_low, res.ci_high) == pytest.approx(((0.015 - half) / 0.305, (0.015 + half) / 0.305))
+    assert res.mean_comparator == pytest.approx(0.305) and res.mean_treatment == pytest.approx(0.32)
+
+
+def test_seed_ttest_matches_scipy_and_the_t_interval():
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.30, 0.01, 5)
+    treat = base + rng.normal(0.006, 0.004, 5)
+    res = seed_ttest(treat, base, level=0.9)
+    ref = stats.ttest_rel(treat, base)
+    assert res.statistic == pytest.approx(ref.statistic, rel=1e-12)
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+    ci = ref.confidence_interval(confidence_level=0.9)
+    assert res.ci_low == pytest.approx(ci.low / base.mean()) and res.ci_high == pytest.approx(ci.high / base.mean())
+    assert res.mde == pytest.approx(min_detectable_difference((treat - base).std(ddof=1), 5) / base.mean())
+
+
+def test_seed_ttest_degenerate_cases():
+    assert seed_ttest([0.3, 0.4], [0.3, 0.4]).p_value == 1.0  # identical runs
+    same_shift = seed_ttest([0.35, 0.45], [0.3, 0.4])  # constant difference: no spread to test against
+    assert math.isnan(same_shift.p_value) and same_shift.ci_low == same_shift.ci_high == pytest.approx(0.05 / 0.35)
+    with pytest.raises(ValueError, match="two seeds"):
+        seed_ttest([0.3], [0.2])
+    assert math.isnan(seed_ttest([0.3, 0.4], [0.3, 0.5], power=None).mde)
+
+
+def test_minimum_detectable_difference_has_the_stated_power():
+    # the standard table value: a two-sided one-sample t-test on 10 values detects d = 0.996 sd with power 0.8
+    assert min_detectable_difference(1.0, 10) == pytest.approx(0.996, abs=5e-4)
+    assert min_detectable_difference(2.0, 10) == pytest.approx(2 * min_detectable_difference(1.0, 10))
+    assert math.isnan(min_detectable_difference(1.0, 1)) and min_detectable_difference(0.0, 3) == 0.0
+    # simulated: a true mean difference of the MDE is rejected 80% of the time at 3 and 5 seeds (df = 1 too)
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        mde = min_detectable_difference(1.0, n)
+        draws = rng.normal(mde, 1.0, (40000, n))
+        rejected = stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05
+        assert rejected.mean() == pytest.approx(0.8, abs=0.01), n
+
+
+def test_rejection_interval_is_the_exact_binomial_interval():
+    ci = stats.binomtest(3, 40).proportion_ci(confidence_level=0.95, method="exact")
+    assert rejection_interval(3, 40) == pytest.approx((ci.low, ci.high))
+    assert rejection_interval(0, 10)[0] == 0.0
+    assert all(math.isnan(x) for x in rejection_interval(0, 0))
+
+
+def test_family_adjust_refuses_an_empty_family():
+    from p2rec import P2RecError
+    from p2rec.report.significance import family_adjust
+
+    np.testing.assert_allclose(family_adjust([0.01, 0.04, 0.03], "toy / sasrec / ndcg@10"), holm([0.01, 0.04, 0.03]))
+    with pytest.raises(P2RecError, match="family toy / sasrec / ndcg@10: no comparisons"):
+        family_adjust([], "toy / sasrec / ndcg@10")

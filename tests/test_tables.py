@@ -6,6 +6,8 @@ seed 1; toy/gru4rec/cf_init failed on both seeds, toy/gru4rec/p2rec failed on se
 does not exist.
 The expected outputs under tests/fixtures/expected/ were reviewed by hand; regenerate them with
 `P2REC_UPDATE_EXPECTED=1 pytest tests/test_tables.py -k expected` after an intended format change.
+The fixture runs have no provenance.json; the tables built from them here treat every run as current
+(``staleness``) except where a test checks the staleness marks.
 """
 from __future__ import annotations
 
@@ -37,7 +39,12 @@ CONTEXT = {
     "report": {"bootstrap_samples": 500},
     "llm": {"model": "SmolLM2-135M-Instruct", "lora": {"r": 8, "alpha": 16}, "lr": 0.0002, "cache_dir": "/x"},
 }
-COMPARED = ["main.md", "main.tex", "robustness.md", "efficiency.md"]
+COMPARED = ["main.md", "main.tex", "robustness.md", "efficiency.md", "verdict.md"]
+
+
+def current(run) -> str:
+    """Staleness hook of these tests: every run counts as made by the current checkout."""
+    return ""
 
 
 def fixture_metrics() -> list[Path]:
@@ -48,7 +55,7 @@ def fixture_metrics() -> list[Path]:
 def tables(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tables")
     build_tables(fixture_metrics(), out, CONTEXT, sft_timings=sorted(FIXTURES.glob("llm/*/*/*.json")),
-                 stage0_timings=[FIXTURES / "pretrain/toy/run/timing.json"])
+                 stage0_timings=[FIXTURES / "pretrain/toy/run/timing.json"], staleness=current)
     return out
 
 
@@ -72,12 +79,14 @@ def test_tables_match_the_expected_files(tables):
     got = pd.read_csv(tables / "significance.csv")
     want = pd.read_csv(EXPECTED / "significance.csv")
     pd.testing.assert_frame_equal(got, want, rtol=1e-5)
+    # the default test is the seed-level one: significance.csv and verdict.csv are the same rows
+    pd.testing.assert_frame_equal(pd.read_csv(tables / "verdict.csv"), got)
 
 
 def test_main_table_marks_best_runner_up_significance_and_improvement(tables):
     cells = _cells((tables / "main.md").read_text())
     row = cells[("toy", "sasrec")]
-    assert row["NDCG@10 p2rec"] == "**0.5617**†"
+    assert row["NDCG@10 p2rec"] == r"**0.5617**\*"
     assert row["NDCG@10 cf_init"] == "<u>0.3311</u>"
     assert row["NDCG@10 none"] == "0.3206"
     assert row["HR@10 p2rec"] == "**0.8750**"  # best but not significant: no marker
@@ -86,28 +95,67 @@ def test_main_table_marks_best_runner_up_significance_and_improvement(tables):
     sig = pd.read_csv(tables / "significance.csv")
     assert list(sig.columns[:14]) == ["dataset", "backbone", "metric", "treatment", "comparator", "test", "statistic",
                                       "p_raw", "p_holm", "effect", "ci_low", "ci_high", "n_users", "n_seeds"]
-    # Holm over the whole table's family, markers exactly on the significant comparisons
-    np.testing.assert_allclose(sig["p_holm"], holm(sig["p_raw"]), rtol=1e-5)
+    # Holm within each dataset x backbone x metric family, markers exactly on the significant comparisons
+    # against the baseline (the comparisons against cf_init are in the verdict table only)
+    for _, family in sig.groupby(["dataset", "backbone", "metric"]):
+        np.testing.assert_allclose(family["p_holm"], holm(family["p_raw"]), rtol=1e-5)
+        assert (family["family_size"] == family["p_raw"].notna().sum()).all()
     assert sig["significant"].tolist() == (sig["p_holm"] < 0.05).tolist()
-    marked = sum(line.count("†") for line in (tables / "main.md").read_text().splitlines() if line.startswith("| "))
-    assert marked == int(sig["significant"].sum()) == 1
+    marked = sum(line.count(r"\*") for line in (tables / "main.md").read_text().splitlines() if line.startswith("| "))
+    assert marked == int((sig["significant"] & (sig["comparator"] == "none")).sum()) == 1
+    assert "†" not in (tables / "main.md").read_text()  # every run current here: no staleness mark
 
 
-def test_significance_is_the_paired_ttest_over_seed_averaged_users(tables):
+def _seed_means(backbone: str, variant: str, metric: str = "ndcg@10", seeds=(1, 2)) -> np.ndarray:
+    return np.array([per_user_metric(pd.read_csv(RUNS / "toy" / backbone / variant / f"seed{s}" / "ranks.csv.gz")
+                                     ["rank"].to_numpy(), metric).mean() for s in seeds])
+
+
+def test_significance_is_the_paired_ttest_over_seeds_on_per_seed_means(tables):
+    t, c = _seed_means("sasrec", "p2rec"), _seed_means("sasrec", "none")
+    ref = stats.ttest_rel(t, c)
+    sig = pd.read_csv(tables / "significance.csv")
+    row = sig[(sig.dataset == "toy") & (sig.backbone == "sasrec") & (sig.metric == "ndcg@10") & (sig.treatment == "p2rec")
+              & (sig.comparator == "none")]
+    assert row["test"].item() == "seeds_ttest" and row["df"].item() == 1
+    assert row["statistic"].item() == pytest.approx(ref.statistic, rel=1e-5)
+    assert row["p_raw"].item() == pytest.approx(ref.pvalue, rel=1e-5)
+    d = t - c
+    assert row["effect"].item() == pytest.approx(d.mean() / c.mean(), rel=1e-5)
+    ci = ref.confidence_interval(0.95)
+    assert (row["ci_low"].item(), row["ci_high"].item()) == pytest.approx((ci.low / c.mean(), ci.high / c.mean()), rel=1e-5)
+    assert (row["n_users"].item(), row["n_seeds"].item(), row["seeds"].item()) == (8, 2, "1 2")
+    # one finished seed on a side (toy/gru4rec/p2rec lost seed 2): effect over users only, no test, no mark
+    one = sig[(sig.dataset == "toy") & (sig.backbone == "gru4rec") & (sig.metric == "ndcg@10")].iloc[0]
+    assert one["test"] == "users only" and pd.isna(one["p_raw"]) and not one["significant"] and one["n_seeds"] == 1
+    assert one["ci_low"] < one["effect"] < one["ci_high"]
+    cells = _cells((tables / "main.md").read_text())
+    assert r"\*" not in cells[("toy", "gru4rec")]["NDCG@10 p2rec"] + cells[("mini", "sasrec")]["NDCG@10 p2rec"]
+    verdict = (tables / "verdict.md").read_text()
+    assert "users only | n/a | n/a | n/a |" in verdict
+
+
+def test_within_pair_users_analysis_is_the_old_test_and_marks_nothing(tables):
+    """report.test: users_ttest keeps the user-level test (each user's metric averaged over seeds, paired t-test
+    over users) in significance.csv, labelled, and never marks the main table; the verdicts stay seed-level."""
+    out = tables.parent / "users"
+    build_tables(fixture_metrics(), out, dict(CONTEXT, report={"bootstrap_samples": 500, "test": "users_ttest"}),
+                 staleness=current)
+
     def user_means(variant):
         frames = [pd.read_csv(RUNS / "toy" / "sasrec" / variant / f"seed{s}" / "ranks.csv.gz").set_index("user")["rank"]
                   for s in (1, 2)]
         return np.mean([per_user_metric(f.to_numpy(), "ndcg@10") for f in frames], axis=0)
 
-    t, c = user_means("p2rec"), user_means("none")
-    ref = stats.ttest_rel(t, c)
-    sig = pd.read_csv(tables / "significance.csv")
-    row = sig[(sig.dataset == "toy") & (sig.backbone == "sasrec") & (sig.metric == "ndcg@10") & (sig.treatment == "p2rec")]
-    assert row["statistic"].item() == pytest.approx(ref.statistic, rel=1e-5)
+    ref = stats.ttest_rel(user_means("p2rec"), user_means("none"))
+    sig = pd.read_csv(out / "significance.csv")
+    row = sig[(sig.dataset == "toy") & (sig.backbone == "sasrec") & (sig.metric == "ndcg@10") & (sig.treatment == "p2rec")
+              & (sig.comparator == "none")]
+    assert row["test"].item() == "users_ttest" and row["interval"].item() == "bootstrap (users)"
     assert row["p_raw"].item() == pytest.approx(ref.pvalue, rel=1e-5)
-    assert row["effect"].item() == pytest.approx(t.mean() / c.mean() - 1, rel=1e-5)
-    assert row["ci_low"].item() < row["effect"].item() < row["ci_high"].item()
-    assert (row["n_users"].item(), row["n_seeds"].item()) == (8, 2)
+    md = (out / "main.md").read_text()
+    assert r"\*" not in md and "No significance marks: report.test = users_ttest is a within-pair (users) analysis" in md
+    pd.testing.assert_frame_equal(pd.read_csv(out / "verdict.csv"), pd.read_csv(tables / "verdict.csv"))
 
 
 def test_failed_and_missing_runs_render_as_failed_with_reasons(tables):
@@ -129,16 +177,20 @@ def test_failed_and_missing_runs_render_as_failed_with_reasons(tables):
 def test_captions_come_from_the_configuration(tables):
     md = (tables / "main.md").read_text()
     for text in ("means over seeds 1, 2 (toy); 1 (mini)", "full ranking over all items", "items of the input sequence masked",
-                 "two-sided paired t-test", "Holm correction across the 8 comparisons", "alpha = 0.05",
+                 "two-sided paired t-test over seeds on per-seed means", "every LLM variant vs 'cf_init'",
+                 "Holm correction within each dataset x backbone x metric family, up to 3 comparisons", "alpha = 0.05",
+                 "a comparison with one seed gets its effect only, never a mark",
                  "LLM: SmolLM2-135M-Instruct (lora.r=8, lora.alpha=16, lr=0.0002)"):
         assert text in md, text
     assert "cache_dir" not in md
     context = dict(CONTEXT, report={"bootstrap_samples": 50, "test": "permutation", "correction": "none",
                                     "alpha": 0.01, "baseline": "cf_init", "treatment": "absent"})
     context["llm"] = {}
-    out_md = Path(build_tables(fixture_metrics(), tables.parent / "other", context)["main.md"]).read_text()
+    out_md = Path(build_tables(fixture_metrics(), tables.parent / "other", context, staleness=current)["main.md"]).read_text()
+    # 'permutation' is the earlier name of the within-pair (users) permutation test
     assert "paired permutation test" in out_md and "no multiple-comparison correction" in out_md
-    assert "alpha = 0.01" in out_md and "from 'cf_init'" in out_md and "LLM" not in out_md
+    assert "report.test = users_permutation" in out_md
+    assert "alpha = 0.01" in out_md and "every variant vs 'cf_init'" in out_md and "LLM" not in out_md
     assert "Improv." not in out_md  # the treatment is not in the table: no improvement column
 
 
@@ -161,9 +213,11 @@ def test_llm_caption_is_independent_of_key_order_and_lists_only_the_tables_datas
 
 
 def test_latex_structure(tables):
-    for name in ("main.tex", "robustness.tex"):
-        tex = (tables / name).read_text()
-        assert tex.startswith(r"\begin{table}") and tex.rstrip().endswith(r"\end{table}")
+    verdicts = (tables / "verdict.tex").read_text().split(r"\end{table}")[:-1]
+    assert len(verdicts) == 3  # one per dataset x backbone
+    for name, tex in [("main.tex", (tables / "main.tex").read_text()), ("robustness.tex", (tables / "robustness.tex").read_text())] \
+            + [("verdict.tex", t.strip() + "\n" + r"\end{table}") for t in verdicts]:
+        assert tex.startswith(r"\begin{table}") and tex.rstrip().endswith(r"\end{table}"), name
         assert tex.count("{") == tex.count("}")
         assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
         spec = tex.split(r"\begin{tabular}{", 1)[1].split("}", 1)[0].replace("|", "")
@@ -172,15 +226,16 @@ def test_latex_structure(tables):
             if line.endswith(r"\\"):
                 assert line.count(" & ") + 1 == len(spec), line
         assert "_" not in tex.replace(r"\_", "") and "%" not in tex.replace(r"\%", "")
+        assert "?" not in tex, name  # no character lost to the ASCII fallback
 
 
 def test_latex_compiles_in_a_minimal_document(tables, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed: LaTeX structure is checked by test_latex_structure only")
-    for name in ("main.tex", "robustness.tex"):
+    for name in ("main.tex", "robustness.tex", "verdict.tex"):
         shutil.copyfile(tables / name, tmp_path / name)
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\begin{document}\n\\input{main.tex}\n"
-                                      "\\input{robustness.tex}\n\\end{document}\n")
+                                      "\\input{robustness.tex}\n\\input{verdict.tex}\n\\end{document}\n")
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
@@ -252,7 +307,10 @@ def test_new_variants_appear_without_code_change_and_collect_rebuilds(tmp_path):
     head = list(cells[("toy", "sasrec")])
     # baseline first, treatment last, any other variant between them
     assert head[2:6] == ["HR@10 none", "HR@10 cf_init", "HR@10 textemb", "HR@10 p2rec"]
-    assert cells[("toy", "sasrec")]["HR@10 textemb"] == cells[("toy", "sasrec")]["HR@10 p2rec"].replace("†", "")
+    assert cells[("toy", "sasrec")]["HR@10 textemb"] == cells[("toy", "sasrec")]["HR@10 p2rec"]
+    # the fixture runs have no provenance.json: every finished cell is marked as possibly made by other code
+    assert cells[("toy", "sasrec")]["HR@10 none"].endswith("†") and "† : from runs made with code other" in \
+        (out / "main.md").read_text()
     assert cells[("mini", "sasrec")]["HR@10 cf_init"] == "—"  # never configured, never found: not a failure
     assert "instance" in (out / "efficiency.md").read_text()
     totals = pd.read_csv(out / "efficiency.csv").query("stage == 'total'").set_index("dataset")
@@ -325,7 +383,10 @@ def test_report_context_reads_the_configuration():
 
     context = report_context(validate_config(config))
     assert context["grid"]["variants"] == config["variants"]
-    assert context["report"]["test"] == "ttest" and context["report"]["correction"] == "holm"
+    # the earlier names of the user-level tests read as what they always were: within-pair analyses
+    assert context["report"]["test"] in ("seeds_ttest", "users_ttest") and context["report"]["correction"] == "holm"
+    assert report_settings({})["test"] == "seeds_ttest" and report_settings({"test": "ttest"})["test"] == "users_ttest"
+    assert report_settings({})["control"] == "cf_init" and report_settings({})["power"] == 0.8
     assert set(context["eval"]) <= {"mode", "mask_history", "n_sampled"}
 
 
@@ -359,8 +420,9 @@ def test_workflow_tables_plots_and_report(workflow_run):
     assert cells["NDCG@10 broken"] == "failed [1]" and "item-embedding shape" in md
     assert cells["NDCG@10 plain"] == cells["NDCG@10 none"]  # same seed, same random init: identical runs
     sig = pd.read_csv(work / "results/tables/significance.csv")
-    assert len(sig) == 2 and (sig["p_raw"] == 1.0).all() and (sig["n_users"] == 60).all()
-    assert (sig["n_seeds"] == 1).all()
+    # one seed: the effect over users only (zero: identical runs), no test
+    assert len(sig) == 2 and (sig["test"] == "users only").all() and sig["p_raw"].isna().all()
+    assert (sig["effect"] == 0).all() and (sig["n_users"] == 60).all() and (sig["n_seeds"] == 1).all()
     for name in ("main.tex", "robustness.md", "efficiency.csv"):
         assert (work / "results/tables" / name).exists()
     for kind in ("scores", "convergence"):
@@ -397,7 +459,7 @@ def test_paper_report_script_builds_a_slice_from_committed_runs_and_never_trains
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cells = _cells((slice_dir / "main.md").read_text())[("beauty", "gru4rec")]
     expected = json.loads((REPO / "results/runs/beauty/gru4rec/p2rec/seed1/metrics.json").read_text())
-    assert cells["NDCG@10 p2rec"].strip("*<u>/†") == f"{expected['test']['ndcg@10']:.4f}"
+    assert cells["NDCG@10 p2rec"].strip("*<u>/†\\") == f"{expected['test']['ndcg@10']:.4f}"
     assert (slice_dir / "plots/beauty/scores.png").stat().st_size > 1000
     assert "Holm correction" in (slice_dir / "report.html").read_text(errors="replace")
     assert {p.name: p.read_bytes() for p in (REPO / "results/tables").iterdir()} == top
@@ -488,3 +550,126 @@ def test_dataset_seeds_in_config_files_and_filters(tmp_path):
     runs, _, _ = in_grid(paths, [], grid)
     assert runs == ["c/a/sasrec/none/seed1/metrics.json", "c/a/sasrec/none/seed2/metrics.json",
                     "c/b/sasrec/none/seed2/metrics.json"]
+
+
+# ----------------------------------------------------------------------------------------------- seed-level verdicts
+def _simulated_grid(root: Path, seeds=(1, 2, 3, 4), effects=None, one_seed=()) -> list[Path]:
+    """none / cf_init / p2rec runs on one simulated dataset (same seed = same run shift); ``one_seed``:
+    variants run with the first seed only."""
+    from tests.synthetic_runs import simulate_ranks, write_method
+
+    effects = effects or {"none": 0.0, "cf_init": 0.02, "p2rec": 0.3}
+    base, shifts = simulate_ranks(400, seeds, run_sd=0.1, user_sd=0.3, rng_seed=1)
+    paths = write_method(root, "none", base)
+    for i, (variant, effect) in enumerate(effects.items()):
+        if variant == "none":
+            continue
+        ranks, _ = simulate_ranks(400, seeds[:1] if variant in one_seed else seeds, run_sd=0.1, user_sd=0.3,
+                                  rng_seed=10 + i, shifts=shifts, effect=effect)
+        paths += write_method(root, variant, ranks)
+    return paths
+
+
+def test_families_are_every_variant_vs_none_and_every_llm_variant_vs_cf_init():
+    from p2rec.report.runs import Grid
+    from p2rec.report.significance import comparisons
+
+    settings = report_settings({})
+    grid = Grid(["d"], ["b"], ["none", "cf_init", "instance", "p2rec", "textemb"], {})
+    assert comparisons(grid, settings) == [
+        ("cf_init", "none"), ("instance", "none"), ("p2rec", "none"), ("textemb", "none"),
+        ("instance", "cf_init"), ("p2rec", "cf_init"), ("textemb", "cf_init")]
+    without = Grid(["d"], ["b"], ["none", "p2rec"], {})
+    assert comparisons(without, settings) == [("p2rec", "none")]
+    assert comparisons(grid, report_settings({"control": None}))[-1] == ("textemb", "none")
+
+
+def test_seed_level_marks_holm_within_families_and_the_verdict_table(tmp_path):
+    out = tmp_path / "tables"
+    build_tables(_simulated_grid(tmp_path / "runs"), out, {"report": {"bootstrap_samples": 100}}, staleness=current)
+    sig = pd.read_csv(out / "verdict.csv")
+    assert len(sig) == 2 * 3  # per metric: cf_init vs none, p2rec vs none, p2rec vs cf_init
+    assert (sig["test"] == "seeds_ttest").all() and (sig["df"] == 3).all() and (sig["family_size"] == 3).all()
+    for _, family in sig.groupby("metric"):
+        np.testing.assert_allclose(family["p_holm"], holm(family["p_raw"]))
+    ndcg = sig[(sig.metric == "ndcg@10") & (sig.treatment == "p2rec") & (sig.comparator == "none")].iloc[0]
+    assert ndcg["significant"] and ndcg["ci_low"] > 0 and 0 < ndcg["mde"] < ndcg["effect"]
+    cells = _cells((out / "main.md").read_text())[("sim", "sasrec")]
+    assert cells["NDCG@10 p2rec"].endswith(r"\*") and not cells["NDCG@10 cf_init"].endswith(r"\*")
+    verdict = (out / "verdict.md").read_text()
+    assert "## sim / sasrec" in verdict and "| NDCG@10 | p2rec | 4 |" in verdict
+    assert "vs cf_init: effect [95% CI]" in verdict and "MDE" in verdict
+
+
+def test_a_one_seed_comparison_gets_its_effect_over_users_only_and_no_mark(tmp_path):
+    out = tmp_path / "tables"
+    paths = _simulated_grid(tmp_path / "runs", seeds=(1,), effects={"none": 0.0, "p2rec": 0.6})
+    build_tables(paths, out, {"report": {"bootstrap_samples": 200}}, staleness=current)
+    sig = pd.read_csv(out / "significance.csv")
+    assert (sig["test"] == "users only").all() and sig["p_raw"].isna().all() and not sig["significant"].any()
+    assert (sig["ci_low"] > 0).all()  # a large effect, clearly non-zero over users, still no mark
+    assert r"\*" not in (out / "main.md").read_text()
+    assert "users only | n/a | n/a | n/a |" in (out / "verdict.md").read_text()
+
+
+def test_unpairable_runs_are_refused_naming_them(tmp_path):
+    from p2rec import P2RecError
+
+    root = tmp_path / "runs"
+    paths = _simulated_grid(root, seeds=(1, 2, 3))
+    moved = root / "sim/sasrec/p2rec/seed3"
+    moved.rename(root / "sim/sasrec/p2rec/seed4")  # the same method, another seed set
+    paths = sorted(root.glob("*/*/*/seed*/metrics.json"))
+    with pytest.raises(P2RecError, match=r"seeds \[1, 2, 3\] vs \[1, 2, 4\].*p2rec/seed4.*none/seed3|"
+                                         r"seeds \[1, 2, 4\] vs \[1, 2, 3\].*p2rec/seed4"):
+        build_tables(paths, tmp_path / "t", staleness=current)
+    (root / "sim/sasrec/p2rec/seed4").rename(moved)
+    # other test users in one run
+    ranks = pd.read_csv(moved / "ranks.csv.gz")
+    from p2rec.report.runs import write_gzip_text
+
+    write_gzip_text(moved / "ranks.csv.gz", ranks.assign(user=ranks["user"] + 1).to_csv(index=False))
+    with pytest.raises(P2RecError, match=r"different test users.*"):
+        build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
+    write_gzip_text(moved / "ranks.csv.gz", ranks.to_csv(index=False))
+    # another dataset version recorded in config.json
+    (moved / "config.json").write_text(json.dumps({"seed": 3, "data_sha256": "other"}))
+    (root / "sim/sasrec/none/seed3/config.json").write_text(json.dumps({"seed": 3, "data_sha256": "abc"}))
+    with pytest.raises(P2RecError, match=r"p2rec vs none: .*p2rec/seed3 and .*none/seed3: different dataset versions "
+                                         r"\(data_sha256: 'other' vs 'abc'\)"):
+        build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
+    (moved / "config.json").write_text(json.dumps({"seed": 3}))
+    # a finished run without its per-user ranks
+    (moved / "ranks.csv.gz").unlink()
+    with pytest.raises(P2RecError, match=r"p2rec/seed3/ranks\.csv\.gz: per-user ranks missing for the finished run "
+                                         r"sim/sasrec/p2rec/seed3"):
+        build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
+
+
+def test_runs_from_other_code_are_marked_with_a_dagger(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    paths = _simulated_grid(root, seeds=(1, 2))
+    flagged = {"p2rec"}
+    out = tmp_path / "hook"
+    build_tables(paths, out, staleness=lambda run: "stale stages: train:sasrec" if run.variant in flagged else "")
+    md = (out / "main.md").read_text()
+    cells = _cells(md)[("sim", "sasrec")]
+    assert cells["NDCG@10 p2rec"].endswith("†") and not cells["NDCG@10 none"].endswith("†")
+    assert "† : from runs made with code other than the current checkout (see `python -m p2rec status`)." in md
+    assert r"$^{\dagger}$" in (out / "main.tex").read_text()
+    long = pd.read_csv(out / "main.csv", keep_default_na=False)
+    assert set(long.loc[long.variant == "none", "stale"]) == {""}
+    assert set(long.loc[long.variant == "p2rec", "stale"]) == {"seed 1: stale stages: train:sasrec; "
+                                                                "seed 2: stale stages: train:sasrec"}
+    assert "| NDCG@10 | p2rec† |" in (out / "verdict.md").read_text()
+    # the default hook: no provenance.json = not known to be current
+    from p2rec.report.runs import load_run, stale_reason
+
+    run = load_run(paths[0])
+    assert stale_reason(run) == "no provenance.json"
+    versions = pytest.importorskip("p2rec.workflow.versions")
+    (run.path / "provenance.json").write_text(json.dumps({"code_versions": {"train:sasrec": "train:sasrec-0"}}))
+    monkeypatch.setattr(versions, "stale_stages", lambda recorded: [])
+    assert stale_reason(run) == ""
+    monkeypatch.setattr(versions, "stale_stages", lambda recorded: sorted(recorded))
+    assert stale_reason(run) == "stale stages: train:sasrec"

@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 from p2rec import P2RecError  # noqa: E402
 from p2rec.io import atomic_path  # noqa: E402
 from p2rec.report.stats import mean_interval  # noqa: E402
-from p2rec.report.tables import Grid, build_grid, load_runs, sft_timing_records  # noqa: E402
+from p2rec.report.efficiency import sft_timing_records  # noqa: E402
+from p2rec.report.runs import Grid, build_grid, load_runs  # noqa: E402
 
 FORMATS = ("png", "pdf")
 

@@ -2,14 +2,24 @@
 
 Everything here works on plain arrays and is independent of the run layout:
 
-- ``paired_ttest``: two-sided paired t-test (scipy.stats.ttest_rel) over test users;
+- ``seed_ttest``: the tables' test. The unit of replication is the training run: a two-sided paired
+  t-test over seeds on per-seed means (scipy.stats.ttest_rel, df = n_seeds - 1), with a t interval of the
+  relative effect and the minimum detectable effect at the seed count used (docs/statistics.md);
+- ``min_detectable_difference``: the smallest true mean difference that test detects with a given power;
+- ``rejection_interval``: exact binomial interval of a rejection rate (the calibration tables);
+- ``paired_ttest``: two-sided paired t-test (scipy.stats.ttest_rel), over test users in the within-pair
+  (users) analysis, which ignores run-to-run variance and so is never the tables' decision;
 - ``paired_permutation_test``: two-sided sign-flip permutation test on the paired differences (an option);
 - ``holm``: Holm's step-down adjustment of a family of p-values;
 - ``relative_effect``: relative difference of means with a seeded percentile-bootstrap interval over users;
 - ``seed_means`` / ``user_means_over_seeds``: per-user metric averaged over seeds first, as the protocol asks.
 
 Wilcoxon or sign tests are deliberately absent: at thousands of users with many ties (hit-rate is 0/1) they
-inflate type-I error; the paired t-test on per-user values is the default.
+inflate type-I error.
+
+statsmodels is not a dependency of this package, so the power calculation (``min_detectable_difference``)
+uses scipy's noncentral t distribution and Holm's adjustment is written out (``holm``, a few lines checked
+against hand-computed values in tests/test_stats.py).
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize as _opt
 from scipy import stats as _st
 
 from p2rec.evaluation import per_user_metric
@@ -212,3 +223,106 @@ def compare_seeds(treatment: dict[int, float], comparator: dict[int, float]) -> 
     return {"statistic": res.statistic, "p_raw": res.p_value, "n_seeds": len(common),
             "mean_diff": float((a - b).mean()) if len(common) else math.nan,
             "wins": int(np.sum(a > b)), "effect": relative_difference(a, b) if len(common) else math.nan}
+
+
+# ----------------------------------------------------------------------------------------------- seed level
+@dataclass(frozen=True)
+class SeedTest:
+    """A paired t-test over seeds on per-seed means; effects relative to the comparator's mean."""
+    n_seeds: int
+    df: int
+    mean_treatment: float
+    mean_comparator: float
+    mean_diff: float
+    effect: float
+    ci_low: float
+    ci_high: float
+    statistic: float
+    p_value: float
+    mde: float
+    power: float
+    level: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true mean of the paired differences that a two-sided paired t-test on ``n`` pairs detects
+    with probability ``power`` at level ``alpha``, given the standard deviation ``sd`` of the differences.
+
+    Power of the test at noncentrality delta = mu * sqrt(n) / sd is P(|T| > t_crit) for T ~ nct(n - 1, delta);
+    the noncentrality that gives ``power`` is found by root finding (statsmodels' TTestPower does the same,
+    but statsmodels is not a dependency). NaN below two pairs or for an undefined ``sd``; 0 when ``sd`` is 0.
+    """
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    crit = _st.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(delta: float) -> float:
+        # the lower tail as the upper tail at -delta: nct.cdf far in its tail returns NaN
+        return _st.nct.sf(crit, df, delta) + _st.nct.sf(crit, df, -delta) - power
+
+    high = crit + 10.0
+    while shortfall(high) < 0:  # widen the bracket (df = 1 needs a noncentrality far above t_crit)
+        high *= 2
+    delta = _opt.brentq(shortfall, 0.0, high, xtol=1e-10)
+    return float(delta * sd / math.sqrt(n))
+
+
+def seed_ttest(treatment, comparator, *, alpha: float = 0.05, power: float | None = 0.8,
+               level: float = 0.95) -> SeedTest:
+    """Paired t-test over seeds: ``treatment[i]`` and ``comparator[i]`` are the per-seed means of the same
+    seed (same data order and initialisation apart from the item table).
+
+    effect = mean(d) / mean(comparator) with d the per-seed differences; its interval is the t interval of
+    mean(d) (scipy's ``ttest_rel(...).confidence_interval``) divided by mean(comparator), which is treated as
+    fixed: the comparator's own seed noise is in d already, and a ratio interval (Fieller) would add little at
+    the 2-5 % effects and below-1 % comparator spread seen here. ``mde``: the minimum detectable *relative*
+    effect at ``power`` and ``alpha`` with this seed count, from the observed spread of d (NaN with
+    ``power=None``, which skips the root finding where only the decision is needed). A constant non-zero
+    d has p = NaN (no spread to test against), identical sides p = 1.
+    """
+    a, b = _paired(treatment, comparator)
+    n = len(a)
+    if n < 2:
+        raise ValueError(f"a paired t-test over seeds needs at least two seeds, got {n}")
+    diff = a - b
+    base = float(b.mean())
+    mean_diff = float(diff.mean())
+    sd = float(diff.std(ddof=1))
+    if np.all(diff == diff[0]):
+        # every seed moved by exactly the same amount: no estimate of the spread, so no test (paired_ttest's
+        # p = 0 for a constant difference suits thousands of users, not two or three seeds); identical
+        # sides keep p = 1
+        res = paired_ttest(a, b)
+        low = high = mean_diff
+        if mean_diff != 0:
+            res = TestResult(res.statistic, math.nan, n)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = _st.ttest_rel(a, b, alternative="two-sided")
+            ci = ref.confidence_interval(confidence_level=level)
+        res = TestResult(float(ref.statistic), float(ref.pvalue), n)
+        low, high = float(ci.low), float(ci.high)
+
+    def rel(x: float) -> float:
+        return x / base if base else math.nan
+
+    return SeedTest(n_seeds=n, df=n - 1, mean_treatment=float(a.mean()), mean_comparator=base, mean_diff=mean_diff,
+                    effect=rel(mean_diff), ci_low=rel(low), ci_high=rel(high), statistic=res.statistic,
+                    p_value=res.p_value, power=math.nan if power is None else power,
+                    mde=math.nan if power is None else rel(min_detectable_difference(sd, n, alpha, power)),
+                    level=level)
+
+
+def rejection_interval(rejections: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a rejection rate, from scipy.stats.binomtest."""
+    if trials == 0:
+        return math.nan, math.nan
+    ci = _st.binomtest(rejections, trials).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
