@@ -1,4 +1,5 @@
-"""Stages 'collect', 'tables' and 'plots': paper tables and figures from compact per-run results.
+"""Stages 'collect', 'tables', 'plots' and 'calibrate': paper tables and figures from compact per-run results,
+and the A/A calibration of the tables' test.
 
 ``gather`` (in commands.py) is what the workflow calls with the declared run files; these stages serve
 runs made at different times or places: ``collect`` copies the compact files of every run into one
@@ -34,16 +35,30 @@ def register(sub) -> None:
     p.add_argument("--out-dir", required=True, help="{dataset}/scores.*, {dataset}/convergence.*, sft_efficiency.*")
     p.set_defaults(func=_plots)
 
+    p = sub.add_parser("calibrate", help="false-positive rate (and power) of the user- and seed-level tests "
+                                         "on runs of one method (docs/statistics.md)")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders (or metrics.json) of ONE method, many seeds")
+    p.add_argument("--planted", nargs="*", default=[], help="run folders of a second method with the same seeds: power")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--metrics", nargs="+", default=["hr@10", "ndcg@10"], help="metrics (default hr@10 ndcg@10)")
+    p.add_argument("--max-splits", type=int, default=1000,
+                   help="use every balanced split of the seeds up to this many, else a seeded sample of this many")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled splits")
+    p.add_argument("--out", required=True, help="output prefix: <prefix>.csv and <prefix>.md")
+    p.set_defaults(func=_calibrate)
+
 
 def _collect(args):
-    from p2rec.report.tables import collect_runs
+    from p2rec.report.runs import collect_runs
 
     n = collect_runs(args.runs, args.out, llm_dir=args.llm, pretrain_dir=args.pretrain)
     print(json.dumps({"runs": n, "out": args.out}))
 
 
 def _tables(args):
-    from p2rec.report.tables import build_tables, find_runs, find_sft_timings, find_stage0_timings, read_context
+    from p2rec.report.runs import find_runs, find_sft_timings, find_stage0_timings
+    from p2rec.report.settings import read_context
+    from p2rec.report.tables import build_tables
 
     context = read_context(args.config)
     paths = find_runs(args.source)
@@ -67,8 +82,8 @@ def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list
     grid's cells only."""
     from pathlib import Path
 
+    from p2rec.report.runs import run_key
     from p2rec.workflow.config import dataset_seeds
-    from p2rec.report.tables import run_key
 
     datasets, variants = grid.get("datasets", []), grid.get("variants", [])
 
@@ -83,7 +98,7 @@ def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list
 
 
 def _plots(args):
-    from p2rec.report.tables import read_context
+    from p2rec.report.settings import read_context
 
     if not args.metrics and not args.sft_timing:
         raise P2RecError("plots: give --metrics and/or --sft-timing")
@@ -95,7 +110,7 @@ def _draw(metrics, timings, context, out_dir):
     from pathlib import Path
 
     from p2rec.report.plots import dataset_plots, plot_sft_efficiency
-    from p2rec.report.tables import report_settings
+    from p2rec.report.settings import report_settings
 
     settings = report_settings(context.get("report"))
     written = []
@@ -105,3 +120,18 @@ def _draw(metrics, timings, context, out_dir):
     if timings:
         written += plot_sft_efficiency(timings, Path(out_dir) / "sft_efficiency")
     return written
+
+
+def _calibrate(args):
+    from p2rec.report.calibration import calibrate, write_calibration
+
+    if not 0 < args.alpha < 1:
+        raise P2RecError(f"calibrate: --alpha must be between 0 and 1, got {args.alpha}")
+    if args.max_splits < 1:
+        raise P2RecError(f"calibrate: --max-splits must be at least 1, got {args.max_splits}")
+    table = calibrate(args.runs, args.planted or None, alpha=args.alpha, metrics=args.metrics,
+                      max_splits=args.max_splits, seed=args.seed)
+    written = write_calibration(table, args.out)
+    print(json.dumps({"written": sorted(map(str, written.values())),
+                      "rates": {f"{r.metric} {r.test} {r.analysis}": None if r.rate != r.rate else r.rate
+                                for r in table.itertuples()}}))
