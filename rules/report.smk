@@ -1,6 +1,9 @@
 # Paper tables, figures and the Snakemake report (docs/tables.md). The inputs are the declared per-run
 # files of the configured grid: nothing here walks a directory, nothing appends to a shared file.
-from p2rec.report.tables import main_caption, report_context, rst_escape
+# light modules only: the statistics are imported by the jobs, not while the workflow is parsed
+from p2rec.report.captions import main_caption
+from p2rec.report.formatting import rst_escape
+from p2rec.report.settings import report_context
 
 
 REPORT_CONTEXT = report_context(config)
@@ -36,6 +39,10 @@ rule paper_tables:
         efficiency_md=report(W("tables/efficiency.md"), caption="../report/efficiency.rst",
                              category="Tables", labels={"table": "efficiency"}),
         efficiency_csv=W("tables/efficiency.csv"),
+        verdict_md=report(W("tables/verdict.md"), caption="../report/verdict.rst", category="Tables",
+                          labels={"table": "verdict (seed level)"}),
+        verdict_csv=W("tables/verdict.csv"),
+        verdict_tex=W("tables/verdict.tex"),
     params:
         context=lambda w: json.dumps(REPORT_CONTEXT, sort_keys=True),  # a function: its braces are no wildcards
         caption=lambda w: rst_escape(main_caption(REPORT_CONTEXT)),

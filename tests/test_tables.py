@@ -28,7 +28,7 @@ from p2rec.cli import main as cli
 from p2rec.evaluation import per_user_metric
 from p2rec.report.stats import holm
 from p2rec.report.tables import build_tables, llm_text, load_run, report_context, report_settings, write_failed_run
-from tests.conftest import REPO
+from tests.conftest import REPO, run_snakemake
 
 FIXTURES = REPO / "tests" / "fixtures"
 RUNS = FIXTURES / "runs"
@@ -402,12 +402,11 @@ def workflow_run(tmp_path_factory):
     config.update(datasets=["synthetic"], backbones=["sasrec"], variants=["none", "plain", "broken"], seeds=[1],
                   train={"epochs": 2, "patience": 2, "batch_size": 32})
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    np.save(work / "bad_64.npy", np.zeros((3, 5), dtype=np.float32))
-    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work)]
-    proc = subprocess.run(base + ["--cores", "2", "--resources", "gpu=2"], capture_output=True, text=True,
-                          timeout=900, cwd=work)
+    (work / "work/main").mkdir(parents=True)  # item_init templates name files in the experiment's working folder
+    np.save(work / "work/main/bad_64.npy", np.zeros((3, 5), dtype=np.float32))
+    proc = run_snakemake(work, "--cores", "2", "--resources", "gpu=2", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = subprocess.run(base + ["--report", "report.html"], capture_output=True, text=True, timeout=300, cwd=work)
+    report = run_snakemake(work, "--report", "report.html", timeout=300)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     return work
 
@@ -415,62 +414,29 @@ def workflow_run(tmp_path_factory):
 @pytest.mark.slow
 def test_workflow_tables_plots_and_report(workflow_run):
     work = workflow_run
-    md = (work / "results/tables/main.md").read_text()
+    md = (work / "work/main/tables/main.md").read_text()
     cells = _cells(md)[("synthetic", "sasrec")]
     assert cells["NDCG@10 broken"] == "failed [1]" and "item-embedding shape" in md
     assert cells["NDCG@10 plain"] == cells["NDCG@10 none"]  # same seed, same random init: identical runs
-    sig = pd.read_csv(work / "results/tables/significance.csv")
+    sig = pd.read_csv(work / "work/main/tables/significance.csv")
     # one seed: the effect over users only (zero: identical runs), no test
     assert len(sig) == 2 and (sig["test"] == "users only").all() and sig["p_raw"].isna().all()
     assert (sig["effect"] == 0).all() and (sig["n_users"] == 60).all() and (sig["n_seeds"] == 1).all()
     for name in ("main.tex", "robustness.md", "efficiency.csv"):
-        assert (work / "results/tables" / name).exists()
+        assert (work / "work/main/tables" / name).exists()
     for kind in ("scores", "convergence"):
         for fmt in ("png", "pdf"):
-            assert (work / f"results/plots/synthetic/{kind}.{fmt}").stat().st_size > 1000
+            assert (work / f"work/main/plots/synthetic/{kind}.{fmt}").stat().st_size > 1000
     html = (work / "report.html").read_text(errors="replace")
     assert "Holm correction" in html and "convergence.png" in html and "significance.csv" in html
     # editing only the report block rebuilds tables, never retrains
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["report"]["alpha"] = 0.01
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-                           "-n", "--quiet", "rules"], capture_output=True, text=True, timeout=300, cwd=work)
+    proc = run_snakemake(work, "-n", "--quiet", "rules", timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs = {line.split()[0] for line in proc.stdout.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert "paper_tables" in jobs and "train_backbone" not in jobs and "pretrain_backbone" not in jobs
-
-
-@pytest.mark.slow
-def test_paper_report_script_builds_a_slice_from_committed_runs_and_never_trains(tmp_path):
-    """scripts/paper_report.sh on two committed Beauty runs: tables, plots and report land in the slice folder,
-    the top-level results/tables are untouched; a slice with a run that does not exist stops, trains nothing
-    and leaves the slice folder as it was."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config.update(datasets=["beauty"], backbones=["gru4rec"], variants=["none", "p2rec"], seeds=[1])
-    config["report"]["bootstrap_samples"] = 100
-    config["data_dir"] = str(REPO / config["data_dir"])
-    slice_dir = tmp_path / "slice"
-    slice_dir.mkdir()
-    (slice_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    top = {p.name: p.read_bytes() for p in (REPO / "results/tables").iterdir()}
-    script = ["bash", str(REPO / "scripts/paper_report.sh")]
-    proc = subprocess.run(script + [str(slice_dir)], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    cells = _cells((slice_dir / "main.md").read_text())[("beauty", "gru4rec")]
-    expected = json.loads((REPO / "results/runs/beauty/gru4rec/p2rec/seed1/metrics.json").read_text())
-    assert cells["NDCG@10 p2rec"].strip("*<u>/†\\") == f"{expected['test']['ndcg@10']:.4f}"
-    assert (slice_dir / "plots/beauty/scores.png").stat().st_size > 1000
-    assert "Holm correction" in (slice_dir / "report.html").read_text(errors="replace")
-    assert {p.name: p.read_bytes() for p in (REPO / "results/tables").iterdir()} == top
-    missing = tmp_path / "missing"
-    missing.mkdir()
-    config["seeds"] = [99]
-    (missing / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(script + [str(missing)], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode != 0 and "paper_report: stopped" in proc.stderr
-    assert "MissingInputException" in proc.stdout + proc.stderr and "rule train_backbone" not in proc.stdout
-    assert sorted(p.name for p in missing.iterdir()) == ["config.yaml"]
 
 
 def test_bench_summary_reports_per_seed_scores_and_user_level_ttests(tmp_path):
@@ -531,14 +497,14 @@ def test_dataset_seeds_in_config_files_and_filters(tmp_path):
     from p2rec import P2RecError
     from p2rec.workflow.config import dataset_seeds, validate_config
     from p2rec.report.commands import in_grid
-    from p2rec.report.tables import run_files
+    from p2rec.workflow.targets import run_files
 
     raw = {**yaml.safe_load((REPO / "config.yaml").read_text()), "datasets": ["synthetic"], "backbones": ["sasrec"],
            "variants": ["none"], "seeds": [1, 2, 3], "dataset_seeds": {"synthetic": ["1"]}}
     config = validate_config(raw)
     assert dataset_seeds(config, "synthetic") == [1]
     assert dataset_seeds(config, "beauty") == [1, 2, 3]
-    assert run_files(config, "metrics.json") == ["results/runs/synthetic/sasrec/none/seed1/metrics.json"]
+    assert run_files(config, "metrics.json") == ["runs/synthetic/sasrec/none/seed1/metrics.json"]
     assert report_context(config)["grid"]["dataset_seeds"] == {"synthetic": [1]}
     with pytest.raises(P2RecError, match=r"dataset_seeds\.nowhere"):
         validate_config({**raw, "dataset_seeds": {"nowhere": [1]}})

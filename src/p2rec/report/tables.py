@@ -8,7 +8,7 @@ The work is done in the modules beside this one:
   efficiency.py    the efficiency tables
   captions.py      captions (protocol, seeds, test, LLM)
   formatting.py    number formats, escaping, markdown / LaTeX / CSV writers
-  targets.py       the workflow's paths and report targets
+  files.py         the names of the tables and plots it writes
   calibration.py   the A/A calibration of the tests (``python -m p2rec calibrate``)
 
 Outputs (``build_tables``) in one folder:
@@ -46,8 +46,7 @@ from p2rec.report.settings import read_context, report_context, report_settings,
 from p2rec.report.significance import (SIGNIFICANCE_COLUMNS, comparisons, render_robustness,
                                        render_verdicts, robustness_table, significance_table, stale_cells_of,
                                        verdict_table)
-from p2rec.report.targets import (PLOT_KINDS, TABLE_FILES, VERDICT_FILES, llm_timing_files, report_targets,
-                                  run_files, stage0_timing_files)
+from p2rec.report.files import PLOT_KINDS, TABLE_FILES, VERDICT_FILES
 
 
 # what callers import from here (rules/report.smk, p2rec.commands, bench scripts, tests)
@@ -59,8 +58,7 @@ __all__ = ["llm_text", "main_caption", "protocol_text", "seeds_text", "test_text
            "stale_reason", "write_failed_run", "write_gzip_text", "read_context", "report_context",
            "report_settings", "table_metrics", "SIGNIFICANCE_COLUMNS", "comparisons", "render_robustness",
            "render_verdicts", "robustness_table", "significance_table", "stale_cells_of", "verdict_table",
-           "PLOT_KINDS", "TABLE_FILES", "VERDICT_FILES", "llm_timing_files", "report_targets", "run_files",
-           "stage0_timing_files", "build_tables"]
+           "PLOT_KINDS", "TABLE_FILES", "VERDICT_FILES", "build_tables"]
 
 
 def build_tables(metrics_paths, out_dir: str | os.PathLike, context: dict | None = None, sft_timings=(),
@@ -113,4 +111,4 @@ def build_tables(metrics_paths, out_dir: str | os.PathLike, context: dict | None
     parts = [run_eff.assign(stage="train")] + ([sft_eff.assign(stage="sft")] if len(sft_eff) else []) \
         + ([wall.assign(stage="total")] if len(wall) else [])
     write_csv(pd.concat(parts, ignore_index=True), out / "efficiency.csv")
-    return {name: out / name for name in TABLE_FILES + VERDICT_FILES}
+    return {name: out / name for name in TABLE_FILES}

@@ -16,7 +16,7 @@ from p2rec.workflow.config import dataset_seeds, train_settings
 from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, published_root, run_lineage, run_restorable,
                                        work_root)
 
-PLOT_KINDS = ("scores", "convergence")
+from p2rec.report.files import PLOT_KINDS, TABLE_FILES  # names only: no statistics imported while parsing
 
 
 def run_dir(dataset: str, backbone: str, variant: str, seed) -> str:
@@ -115,8 +115,6 @@ def parse_eval_files(config: dict) -> list[str]:
 
 
 def table_files() -> list[str]:
-    from p2rec.report.tables import TABLE_FILES
-
     return [f"tables/{name}" for name in TABLE_FILES]
 
 
