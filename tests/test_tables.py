@@ -605,6 +605,13 @@ def test_unpairable_runs_are_refused_naming_them(tmp_path):
                                          r"\(data_sha256: 'other' vs 'abc'\)"):
         build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
     (moved / "config.json").write_text(json.dumps({"seed": 3}))
+    # another dataset version recorded by the workflow in provenance.json
+    (moved / "provenance.json").write_text(json.dumps({"data_version": "0123"}))
+    (root / "sim/sasrec/none/seed3/provenance.json").write_text(json.dumps({"data_version": "4567"}))
+    with pytest.raises(P2RecError, match=r"different dataset versions \(provenance.data_version: '0123' vs '4567'\)"):
+        build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
+    (moved / "provenance.json").unlink()
+    (root / "sim/sasrec/none/seed3/provenance.json").unlink()
     # a finished run without its per-user ranks
     (moved / "ranks.csv.gz").unlink()
     with pytest.raises(P2RecError, match=r"p2rec/seed3/ranks\.csv\.gz: per-user ranks missing for the finished run "

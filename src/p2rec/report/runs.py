@@ -92,6 +92,9 @@ class Run:
                         found[f"{block}.{key}"] = config[block][key]
         if isinstance(self.metrics.get("users"), int):
             found["users"] = self.metrics["users"]
+        provenance = self.provenance() or {}
+        if isinstance(provenance.get("data_version"), str):  # written by the workflow (run lineage)
+            found["provenance.data_version"] = provenance["data_version"]
         return found
 
     def provenance(self) -> dict | None:

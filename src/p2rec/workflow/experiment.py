@@ -147,7 +147,10 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
                "data": data, "settings": settings, "pipeline": pipeline if upstream else None, "item_init": config["variant_catalog"][variant].get("item_init"),
                "upstream": upstream, "code_versions": versions}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-    return {"lineage": digest, "code_versions": versions, **payload["run"]}
+    # the dataset's identity (its catalog entry less training overrides, with any declared checksum): runs
+    # compared with each other must agree on it (p2rec.report.runs.Run.dataset_version)
+    data_version = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"lineage": digest, "code_versions": versions, "data_version": data_version, **payload["run"]}
 
 
 def recorded_versions(provenance: dict) -> dict:
