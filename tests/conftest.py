@@ -50,12 +50,14 @@ def tiny_sequences():
 
 
 def run_snakemake(workdir: Path, *args: str, snakefile: Path | None = None, timeout: int = 900,
-                  env: dict | None = None, drop_env: tuple = ()) -> subprocess.CompletedProcess:
-    """The suite's workflow (or another Snakefile) run in ``workdir``, output captured: the one way tests call it."""
+                  env: dict | None = None, drop_env: tuple = (), base_env: dict | None = None
+                  ) -> subprocess.CompletedProcess:
+    """The suite's workflow (or another Snakefile) run in ``workdir``, output captured: the one way tests call it.
+    The job environment is ``base_env`` (default: this process's) less ``drop_env``, plus ``env``."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"), "--directory", str(workdir),
            *args]
-    full_env = {k: v for k, v in os.environ.items() if k not in drop_env}
-    full_env.update(PYTHONUNBUFFERED="1", P2REC_GPUS="", **(env or {}))
+    full_env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if k not in drop_env}
+    full_env.update({"PYTHONUNBUFFERED": "1", "P2REC_GPUS": "", **(env or {})})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir, env=full_env)
 
 

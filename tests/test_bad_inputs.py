@@ -23,7 +23,7 @@ from p2rec.workflow.config import validate_config
 from p2rec.io import sha256_file
 from p2rec.data.prepare import prepare_dataset
 from p2rec.training.runner import run_training
-from tests.conftest import REPO
+from tests.conftest import REPO, run_snakemake
 
 SETTINGS = {
     "backbone": "sasrec",
@@ -393,8 +393,7 @@ def test_snakemake_dry_run_of_a_copied_workflow_names_the_keys(tmp_path):
     config["catalog"]["synthetic"]["train"] = {"max_len": 0}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     with leaves_nothing(tmp_path / "rules"):
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], capture_output=True,
-                              text=True, cwd=tmp_path, timeout=300)
+        proc = run_snakemake(tmp_path, "-n", "--cores", "1", snakefile=tmp_path / "Snakefile", timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "config key 'pretrain.backbone': unknown backbone 'sasrek'" in output, output[-2000:]

@@ -16,7 +16,7 @@ import pytest
 from p2rec import P2RecError
 from p2rec.workflow import gpu
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, run_snakemake
 FIXTURE = REPO / "tests" / "fixtures" / "gpu_workflow"
 CLEARED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID",
            gpu.ENV_GPUS, gpu.ENV_PRESET, gpu.ENV_TIMEOUT, gpu.ENV_LOCK_DIR, gpu.ENV_SLOTS)
@@ -53,11 +53,10 @@ def test_workflow_jobs_never_share_a_device(tmp_path):
     env = clean_env(tmp_path / "locks", P2REC_GPUS="0,1,2,3")
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(FIXTURE / "Snakefile"), "-d", str(work),
-         "--workflow-profile", "none", "--cores", "4", "--resources", "gpu=2", "--quiet", "all",
-         "--config", "one_gpu_jobs=4", "two_gpu_jobs=1", "sleep=1.5"],
-        env=env, capture_output=True, text=True, timeout=180)
+    proc = run_snakemake(work, "--workflow-profile", "none", "--cores", "4", "--resources", "gpu=2", "--quiet", "all",
+                         "--config", "one_gpu_jobs=4", "two_gpu_jobs=1", "sleep=1.5",
+                         snakefile=FIXTURE / "Snakefile", base_env=env, env={"P2REC_GPUS": env["P2REC_GPUS"]},
+                         timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {p.stem: json.loads(p.read_text()) for p in (work / "out").glob("*.json")}
     assert sorted(jobs) == ["a0", "a1", "a2", "a3", "b0"]
@@ -273,11 +272,10 @@ def test_workflow_with_slots_shares_devices_up_to_the_slots(tmp_path):
     work.mkdir()
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(SLOT_SNAKEFILE)
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(work),
-         "--workflow-profile", str(REPO / "profiles" / "gpu"), "--cores", "8", "--resources", "gpu=6",
-         "--quiet", "all", "--config", "small=8", "whole=2", "sleep=2", f"record={RECORD}"],
-        env=env, capture_output=True, text=True, timeout=240)
+    proc = run_snakemake(work, "--workflow-profile", str(REPO / "profiles" / "gpu"), "--cores", "8",
+                         "--resources", "gpu=6", "--quiet", "all", "--config", "small=8", "whole=2", "sleep=2",
+                         f"record={RECORD}", snakefile=snakefile, base_env=env, env={"P2REC_GPUS": env["P2REC_GPUS"]},
+                         timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = read_jobs(work / "out")
     assert sorted(jobs) == [f"s{i}" for i in range(8)] + ["w0", "w1"]
