@@ -84,7 +84,6 @@ rule llm_sft:
         g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
         model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
         code_version=stage_version("sft"),
-        out_dir=lambda w, output: str(Path(output.timing).parent),
     threads: LLM_THREADS
     resources:
         gpu=gpu_resource(whole_device=True),  # the LLM takes a whole device
@@ -96,7 +95,7 @@ rule llm_sft:
         gpu_job(
             sft_launcher(SFT_GPUS) + " sft --mode {params.mode} --data {input.data} --item-table {input.table}"
             " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
-            " --out-dir {params.out_dir} {LLM_SFT_OPTS} --threads {threads}"
+            " --out-dir $(dirname {output.timing}) {LLM_SFT_OPTS} --threads {threads}"
             " > {log} 2>&1"
         )
 

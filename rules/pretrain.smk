@@ -16,7 +16,6 @@ rule pretrain_backbone:
         settings=lambda w: json.dumps(pretrain_settings(pipeline_config(config, w.pipeline), w.dataset), sort_keys=True),
         seed=lambda w: pipeline_config(config, w.pipeline)["pretrain"]["seed"],
         code_version=stage_version("train", config["pretrain"]["backbone"]),
-        out_dir=lambda w, output: str(Path(output.metrics).parent),
     resources:
         gpu=gpu_resource(),  # one slot: small jobs share a device
     log:
@@ -26,7 +25,7 @@ rule pretrain_backbone:
     shell:
         gpu_job(
             "python -m p2rec train --data {input.data} --settings {params.settings:q} --seed {params.seed}"
-            " --out-dir {params.out_dir} --save-item-table {output.table}"
+            " --out-dir $(dirname {output.metrics}) --save-item-table {output.table}"
             " --no-progress > {log} 2>&1"
         )
 
