@@ -1,4 +1,5 @@
-"""``p2rec bench <name>``: benchmarks, profiles and comparisons outside the workflow.
+"""``p2rec bench <name>``: benchmarks, profiles and comparisons outside the workflow, and ``recbole-run``, the
+workflow's RecBole runs (rules/recbole.smk).
 
 The options of every command are declared here, without importing the benchmarks themselves: the CLI is
 built on every workflow step, and the benchmarks import torch. A command's module is imported once the
@@ -57,8 +58,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    group = sub.add_parser("bench", help="benchmarks, profiles and comparisons (not part of the workflow)",
-                           description="benchmarks, profiles and comparisons outside the workflow")
+    group = sub.add_parser("bench", help="benchmarks, profiles and comparisons (recbole-run: the workflow's RecBole "
+                                         "runs)", description="benchmarks, profiles and comparisons")
     commands = group.add_subparsers(dest="bench", required=True, metavar="NAME", parser_class=_CommandParser)
     for name, (module, function, help_text, add_arguments) in COMMANDS.items():
         p = commands.add_parser(name, help=help_text, description=help_text)
@@ -172,6 +173,67 @@ def _recbole(p) -> None:
     p.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
 
 
+def _recbole_run(p) -> None:
+    p.add_argument("--data", required=True, help="prepared sequences.txt")
+    p.add_argument("--settings", type=json_arg, required=True,
+                   help="the run's settings (JSON from p2rec.bench.recbole_runs.run_settings)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True, help="the run folder: metrics.json, ranks.csv.gz, ... as 'p2rec train'")
+    p.add_argument("--work-dir", default=None, help="RecBole's files: atomic data, job, log, saved model "
+                                                    "(default <out-dir>/recbole)")
+    p.add_argument("--provenance", type=json_arg, default=None, help="the run's lineage (JSON): provenance.json")
+    p.add_argument("--restore-from", default=None,
+                   help="a published run folder: when its provenance has the same lineage, copy it instead of training")
+    p.add_argument("--record-failure", default="false", type=_flag, metavar="BOOL",
+                   help="on any error write a failed result and exit 0, as 'p2rec train --record-failure'")
+    p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"),
+                   help="RecBole's side venv, made on first use, where this interpreter has no RecBole")
+    p.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
+
+
+def _flag(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def recbole_run(args) -> dict:
+    """``bench recbole-run``, the workflow's RecBole rule: restore, train, or record a failure, as ``p2rec train``
+    does (here, not in recbole_runs, so that none of it enters the RecBole runs' code version)."""
+    from p2rec.bench.recbole_runs import train_run
+    from p2rec.workflow.experiment import restore_run, run_restorable
+
+    if args.restore_from and args.provenance and run_restorable(args.restore_from, args.provenance["lineage"]):
+        restore_run(args.restore_from, args.out_dir)
+        print(json.dumps({"status": "restored", "from": args.restore_from, "lineage": args.provenance["lineage"]}))
+        return {"status": "restored"}
+    try:
+        metrics = train_run(args.data, args.settings, args.seed, args.out_dir, work_dir=args.work_dir,
+                            venv=args.venv, python=args.python, provenance=args.provenance)
+    except Exception as err:
+        if not args.record_failure:
+            raise
+        import datetime as dt
+        import traceback
+
+        from p2rec.io import write_json
+        from p2rec.report.tables import write_failed_run
+
+        traceback.print_exc()
+        reason = f"{type(err).__name__}: {err}"
+        write_failed_run(args.out_dir, args.seed, reason)
+        if args.provenance is not None:
+            stamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+            write_json(Path(args.out_dir) / "provenance.json", {**args.provenance, "computed": stamp})
+        print(json.dumps({"status": "failed", "reason": reason}))
+        return {"status": "failed", "reason": reason}
+    print(json.dumps({"test": metrics["test"], "best_epoch": metrics["best_epoch"]}))
+    return metrics
+
+
 def _check_cuda(p) -> None:
     p.add_argument("--data", required=True, help="prepared sequences.txt")
     p.add_argument("--out", default=None, help="write the summary as JSON here")
@@ -236,6 +298,8 @@ COMMANDS = {
                                                         "full-ranking numbers", _reproduction_table),
     "recbole": ("recbole_compare", "run", "SASRec, GRU4Rec and Caser trained by RecBole 1.2.1 and by p2rec on the "
                                           "same split", _recbole),
+    "recbole-run": ("commands", "recbole_run", "one backbone trained by RecBole 1.2.1 into a p2rec run folder (the "
+                                               "workflow's RecBole rule)", _recbole_run),
     "sft": ("sft", "run", "user- vs instance-level SFT throughput side by side in one process", _sft),
     "sft-table": ("sft", "run_table", "one table (CSV + markdown) of several 'bench sft' results", _sft_table),
 }

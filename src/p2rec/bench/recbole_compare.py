@@ -21,12 +21,11 @@
     python -m p2rec bench recbole --data /tmp/synth/sequences.txt --max-epochs 1 --out-dir /tmp/rb
 
 RecBole itself runs in ``recbole_worker.py`` beside this file, started as a file by RecBole's interpreter.
+The conversion, the venv and the worker's start are shared with the workflow's RecBole runs (recbole_runs.py).
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,28 +33,19 @@ from pathlib import Path
 import torch
 
 from p2rec import P2RecError
+from p2rec.bench import recbole_runs as runs
+from p2rec.bench.recbole_runs import (CASER_WINDOW, PINS, RECBOLE_MODELS, WORKER, check_split,  # noqa: F401
+                                      ensure_venv, write_atomic_files)
 from p2rec.workflow.config import train_settings, validate_config
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.evaluation import full_ranking, metrics_from_ranks
-from p2rec.io import command_line, markdown_rows, write_json, write_table_files, write_text
+from p2rec.io import command_line, markdown_rows, write_table_files
 from p2rec.models.registry import build_backbone
 from p2rec.training.trainer import environment, eval_batching, resolve_device, seed_everything, train_backbone
 
-WORKER = Path(__file__).resolve().with_name("recbole_worker.py")
-# RecBole's side environment; envs/recbole.yaml pins the same (tests/test_envs.py checks)
-PINS = ["recbole==1.2.1", "torch==2.13.0", "numpy<2", "pandas<3", "setuptools<81"]
 COLUMNS = ["library", "model", "sec_per_epoch", "eval_sec", "epochs", "best_epoch", "hr@10", "ndcg@10",
            "training_samples", "test_eval_sec", "precision", "samples", "hr@10_masked", "ndcg@10_masked"]
-# RecBole model name and its model-specific settings; unspecified ones keep RecBole's defaults
-RECBOLE_MODELS = {
-    "sasrec": ("SASRec", {"n_layers": 2, "n_heads": 1, "inner_size": 256, "hidden_dropout_prob": 0.5,
-                          "attn_dropout_prob": 0.5, "hidden_act": "gelu", "layer_norm_eps": 1e-12}),
-    "gru4rec": ("GRU4Rec", {"num_layers": 1, "dropout_prob": 0.3}),
-    # nv, nh and dropout as p2rec's Caser; reg_weight stays RecBole's 1e-4
-    "caser": ("Caser", {"nv": 4, "nh": 16, "dropout_prob": 0.5}),
-}
-CASER_WINDOW = 5  # p2rec's Caser window (module default); RecBole's Caser window is its MAX_ITEM_LIST_LENGTH
 LOSSES = {"ce": ("CE", "ce"), "one-negative": ("BPR", "bce")}  # --loss: (RecBole loss_type, p2rec train.loss)
 
 
@@ -68,122 +58,21 @@ def check_args(args) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------ RecBole's environment
-
-def ensure_venv(venv: Path, python: str | None = None) -> Path:
-    """Create (once) the venv with RecBole's pins; a stamp file records what was installed."""
-    py = venv / "bin" / "python"
-    stamp = venv / ".p2rec-bench-pins"
-    want = "\n".join(PINS) + "\n"
-    if py.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == want:
-        return py
-    check = "import numpy, pandas, torch, recbole; print(recbole.__version__, torch.__version__, numpy.__version__)"
-    try:
-        if not py.exists():
-            print(f"creating {venv}", file=sys.stderr, flush=True)
-            subprocess.run([python or sys.executable, "-m", "venv", str(venv)], check=True)
-        print(f"installing {' '.join(PINS)} into {venv}", file=sys.stderr, flush=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINS], check=True)
-        out = subprocess.run([str(py), "-c", check], check=True, capture_output=True, text=True).stdout.strip()
-    except subprocess.CalledProcessError as err:  # one line, as every other failure of the command
-        raise P2RecError(str(err)) from None
-    print(f"RecBole venv ready: recbole/torch/numpy {out}", file=sys.stderr, flush=True)
-    stamp.write_text(want, encoding="utf-8")
-    return py
-
-
-# ------------------------------------------------------------------ data conversion
-
-def write_atomic_files(data_path: str | Path, work: Path, name: str) -> tuple[Path, Path]:
-    """``<work>/data/<name>/<name>.inter`` and the expected split (JSON, original ids) for the worker's check.
-
-    Timestamps are one running counter over the whole file, so every user's order is kept whatever
-    sort RecBole applies, and its leave-one-out picks the same last two items as p2rec's."""
-    data = read_sequences(data_path)
-    split = leave_one_out(data)
-    folder = work / "data" / name
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    clock = 0
-    for user, seq in zip(data.users, data.sequences):
-        for item in seq:
-            lines.append(f"{user}\t{item}\t{clock}")
-            clock += 1
-    inter = folder / f"{name}.inter"
-    write_text(inter, "\n".join(lines) + "\n")
-    valid_in, test_in = split.inputs("valid"), split.inputs("test")
-    expected = {
-        str(u): {"valid_target": int(vt), "test_target": int(tt),
-                 "valid_input": [int(i) for i in vi], "test_input": [int(i) for i in ti]}
-        for u, vt, tt, vi, ti in zip(split.users, split.valid_target, split.test_target, valid_in, test_in)
-    }
-    expected_path = work / f"{name}.expected.json"
-    write_json(expected_path, expected)
-    return inter, expected_path
-
+# ------------------------------------------------------------------ RecBole
 
 def recbole_config(args, work: Path, model: str) -> dict:
-    _, specific = RECBOLE_MODELS[model]
-    hidden = {"sasrec": {"hidden_size": args.hidden},
-              "gru4rec": {"embedding_size": args.hidden, "hidden_size": args.hidden},
-              "caser": {"embedding_size": args.hidden}}[model]
-    loss_type = LOSSES[args.loss][0]
-    negatives = {"distribution": "uniform", "sample_num": 1} if loss_type == "BPR" else None
-    return {
-        "data_path": str(work / "data"),
-        "checkpoint_dir": str(work / "saved"),
-        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
-        "MAX_ITEM_LIST_LENGTH": CASER_WINDOW if model == "caser" else args.max_len,
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "loss_type": loss_type, "train_neg_sample_args": negatives,
-        # RecBole stops after stopping_step + 1 epochs without improvement, p2rec after `patience`
-        "epochs": args.max_epochs, "stopping_step": args.patience - 1, "eval_step": 1,
-        "train_batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
-        "learning_rate": args.lr, "weight_decay": 0.0,
-        "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10",
-        "seed": args.seed, "reproducibility": True,
-        # RecBole picks its device from gpu_id and writes it into CUDA_VISIBLE_DEVICES (of its own process):
-        # empty = CPU; on a GPU keep the device a scheduler assigned instead of forcing GPU 0
-        "gpu_id": _visible_gpu() if args.device == "cuda" else "", "show_progress": False,
-        "save_dataset": False, "save_dataloaders": False, "log_wandb": False, "worker": 0,
-        **hidden, **specific,
-    }
-
-
-def _visible_gpu() -> str:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return visible or "0"
+    return runs.recbole_config(model, work, hidden=args.hidden, max_len=args.max_len, loss_type=LOSSES[args.loss][0],
+                               epochs=args.max_epochs, patience=args.patience, batch_size=args.batch_size,
+                               eval_batch_size=args.eval_batch_size, lr=args.lr, weight_decay=0.0, seed=args.seed,
+                               device=args.device)
 
 
 def run_recbole(py: Path, args, work: Path, name: str, model: str, expected: Path) -> dict:
-    run_dir = work / f"run-{model}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     job = {"model": RECBOLE_MODELS[model][0], "dataset": name, "config_dict": recbole_config(args, work, model),
            "expected": str(expected), "threads": args.threads}
-    write_json(run_dir / "job.json", job)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    log = run_dir / "worker.log"
-    result_path = run_dir / "result.json"
-    result_path.unlink(missing_ok=True)
-    print(f"RecBole {job['model']}: training (log: {log})", file=sys.stderr, flush=True)
-    with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run([str(py), str(WORKER), "--config", str(run_dir / "job.json"), "--out", str(result_path)],
-                              cwd=run_dir, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not result_path.exists():
-        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-25:])
-        raise P2RecError(f"RecBole {job['model']} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
-    result = json.loads(result_path.read_text(encoding="utf-8"))
+    result = runs.start_worker([str(py), str(WORKER)], work / f"run-{model}", job)
     check_split(result, f"on {args.data}")
     return result
-
-
-def check_split(result: dict, where: str) -> None:
-    """Stop unless the worker found RecBole's validation and test rows identical to p2rec's, user by user."""
-    for stage, check in result["split_check"].items():
-        if check["missing_users"] or check["target_mismatch"] or check["input_mismatch"]:
-            raise P2RecError(f"RecBole's {stage} split differs from p2rec's {where}: {check}")
 
 
 # ------------------------------------------------------------------ p2rec

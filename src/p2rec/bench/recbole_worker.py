@@ -14,7 +14,10 @@ With ``--resume`` it continues a stopped training from such a file (RecBole's ``
 optimiser, epoch, early-stopping counter and best score; not the random state, so the batches after the resume
 differ from those of an uninterrupted run). RecBole then saves its new best epochs into that same file.
 Either way the result also holds the test metrics with the user's seen items masked as p2rec masks them
-(``test_masked``): RecBole's full-sort evaluation of sequential models never masks them.
+(``test_masked``): RecBole's full-sort evaluation of sequential models never masks them. A job with
+``"ranks": {"mask_history": true|false}`` (the workflow's RecBole runs) also gets every user's 0-based
+pessimistic validation and test rank of the selected model (``ranks``: user id -> rank), seen items masked
+or not, and the training's per-epoch ``history``, from which p2rec writes its run files.
 """
 from __future__ import annotations
 
@@ -90,23 +93,36 @@ def masked_ranks(scores, targets, histories):
     return (scores > target_scores[:, None]).sum(1) + (scores == target_scores[:, None]).sum(1) - 1
 
 
+def user_ranks(model, eval_data, inputs: dict | None = None) -> dict:
+    """User id (original) -> 0-based pessimistic rank of the user's target among all items, from RecBole's
+    full-sort scores of ``eval_data`` (its validation or test rows). ``inputs``: user id -> the items to mask
+    (original ids: the row's whole input, as p2rec masks seen items); None masks the padding only."""
+    import torch
+
+    ds = eval_data._dataset
+    uid_field, iid_field = ds.uid_field, ds.iid_field
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for batch in eval_data:
+            interaction = batch[0].to(model.device)
+            scores = model.full_sort_predict(interaction).view(len(interaction), -1).cpu()
+            users = [str(u) for u in ds.id2token(uid_field, interaction[uid_field].cpu().numpy())]
+            if inputs is None:
+                histories = [[] for _ in users]
+            else:
+                histories = [ds.token2id(iid_field, [str(i) for i in inputs[u]]) for u in users]
+            ranks = masked_ranks(scores, interaction[iid_field].cpu(), histories).tolist()
+            out.update(zip(users, ranks))
+    return out
+
+
 def masked_test_metrics(model, test_data, expected: dict, k: int = 10) -> dict:
     """HR@k and NDCG@k of RecBole's model with each user's whole test input masked (p2rec's protocol)."""
     import math
 
-    import torch
-
-    ds = test_data._dataset
-    uid_field, iid_field = ds.uid_field, ds.iid_field
-    model.eval()
-    ranks = []
-    with torch.no_grad():
-        for batch in test_data:
-            interaction = batch[0].to(model.device)
-            scores = model.full_sort_predict(interaction).view(len(interaction), -1).cpu()
-            users = ds.id2token(uid_field, interaction[uid_field].cpu().numpy())
-            histories = [ds.token2id(iid_field, [str(i) for i in expected[str(u)]["test_input"]]) for u in users]
-            ranks += masked_ranks(scores, interaction[iid_field].cpu(), histories).tolist()
+    inputs = {u: e["test_input"] for u, e in expected.items()}
+    ranks = list(user_ranks(model, test_data, inputs).values())
     hr = sum(r < k for r in ranks) / len(ranks)
     ndcg = sum(1 / math.log2(r + 2) for r in ranks if r < k) / len(ranks)
     return {f"hit@{k}": hr, f"ndcg@{k}": ndcg, "users": len(ranks)}
@@ -168,8 +184,41 @@ def main() -> None:
         result["split_check"] = check
     if expected is not None:  # after RecBole's own test, which loaded the best weights into ``model``
         result["test_masked"] = masked_test_metrics(model, test_data, expected)
+    if job.get("ranks"):
+        result["ranks"] = run_ranks(model, valid_data, test_data, expected, bool(job["ranks"].get("mask_history")))
+    result["device"] = str(config["device"])
+    if result["device"].startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name(config["device"])
+    result["recbole"] = recbole_version()
+    result["valid_metric"] = config["valid_metric"]
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(result, fh, indent=2)
+
+
+def run_ranks(model, valid_data, test_data, expected: dict | None, mask_history: bool) -> dict:
+    """The selected model's validation and test ranks by user, seen items masked as the run is configured."""
+    if mask_history and expected is None:
+        raise SystemExit("job: 'ranks' with mask_history needs 'expected' (the split, for each user's input)")
+
+    def inputs(stage):
+        return {u: e[f"{stage}_input"] for u, e in expected.items()} if mask_history else None
+
+    return {"mask_history": mask_history, "valid": user_ranks(model, valid_data, inputs("valid")),
+            "test": user_ranks(model, test_data, inputs("test"))}
+
+
+def recbole_version() -> str:
+    import recbole
+
+    return str(getattr(recbole, "__version__", "unknown"))
+
+
+def _epoch_loss(total, batches) -> float | None:
+    """RecBole's epoch loss (a sum over its batches, a tuple for multi-part losses) as the mean per batch."""
+    if total is None:
+        return None
+    total = sum(float(t) for t in total) if isinstance(total, (tuple, list)) else float(total)
+    return total / batches if batches else total
 
 
 def fit_and_test(trainer, train_data, valid_data, test_data, job: dict, resumed: dict | None = None) -> dict:
@@ -178,9 +227,10 @@ def fit_and_test(trainer, train_data, valid_data, test_data, job: dict, resumed:
     import torch
 
     train_times: list[float] = []
+    train_out: list = []
     valid_times: list[float] = []
     valid_out: list = []
-    trainer._train_epoch = _timed(trainer._train_epoch, train_times)
+    trainer._train_epoch = _timed(trainer._train_epoch, train_times, train_out)
     trainer._valid_epoch = _timed(trainer._valid_epoch, valid_times, valid_out)
     started = time.perf_counter()
     best_valid, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
@@ -191,6 +241,14 @@ def fit_and_test(trainer, train_data, valid_data, test_data, job: dict, resumed:
     test_seconds = time.perf_counter() - start
     before = resumed["epochs_done"] if resumed else 0
     best_epoch = _best_epoch_after_resume([score for score, _ in valid_out], resumed)
+    try:
+        batches = len(train_data)
+    except TypeError:
+        batches = None
+    history = [{"epoch": before + i + 1, "train_loss": _epoch_loss(loss, batches), "train_seconds": train_s,
+                "eval_seconds": valid_s, "valid": {k: float(v) for k, v in dict(valid).items()}}
+               for i, (loss, train_s, valid_s, (_, valid)) in enumerate(zip(train_out, train_times, valid_times,
+                                                                             valid_out))]
     return {
         "model": job["model"],
         "epochs": before + len(train_times),
@@ -207,6 +265,7 @@ def fit_and_test(trainer, train_data, valid_data, test_data, job: dict, resumed:
         "torch_threads": torch.get_num_threads(),
         "anomaly_detection": anomaly_detection,
         "torch": torch.__version__,
+        "history": history,
     }
 
 

@@ -30,6 +30,8 @@ STAGE_ENTRIES = {
     "reduce": ["p2rec.llm.reduce"],
     "convert": ["p2rec.llm.loading"],
     "parse": ["p2rec.llm.categories"],
+    # RecBole runs: the adapter and the worker RecBole's interpreter runs as a file (so imported by nobody)
+    "recbole": ["p2rec.bench.recbole_runs", "p2rec.bench.recbole_worker"],
 }
 #: never part of a stage's version (see the module docstring)
 _EXCLUDED = {"p2rec", "p2rec.cli", "p2rec.commands", "p2rec.__main__"}
