@@ -15,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/llm.smk"
 include: "rules/train.smk"
+include: "rules/recbole.smk"
 include: "rules/report.smk"
 include: "rules/publish.smk"
 

@@ -39,6 +39,14 @@ wildcard_constraints:
     pipeline=r"shared|seed\d+",
 
 
+def variants_run_by(runner):
+    """The variant wildcard of the rule that trains ``runner``'s runs (p2rec: train_backbone, recbole:
+    recbole_run), from the catalog: each run folder has exactly one rule. No such variant: a pattern that
+    matches nothing."""
+    names = [n for n, e in config["variant_catalog"].items() if e.get("runner", "p2rec") == runner]
+    return _alternatives(names) if names else "(?!)"
+
+
 def final_targets():
     return [f"{PUBLISHED}/MANIFEST.json"]
 

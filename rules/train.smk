@@ -9,6 +9,8 @@ rule train_backbone:
         config=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/config.json"),
         history=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/history.csv"),
         provenance=W("runs/{dataset}/{backbone}/{variant}/seed{seed}/provenance.json"),
+    wildcard_constraints:
+        variant=variants_run_by("p2rec"),  # RecBole's variants: rules/recbole.smk
     params:
         settings=settings_json,
         init=item_init_flag,

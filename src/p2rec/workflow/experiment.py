@@ -134,6 +134,12 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
     # with 1 thread on a CPU is the same run as one made on a GPU with a larger evaluation batch
     settings = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in RUNTIME_KEYS}}
     versions = {"prepare": stage_version("prepare"), version_key("train", backbone): stage_version("train", backbone)}
+    if config["variant_catalog"][variant].get("runner", "p2rec") == "recbole":
+        # RecBole's model trains it: only what RecBole reads of the settings, and the RecBole adapter's code
+        from p2rec.bench.recbole_runs import run_settings
+
+        settings = run_settings(settings)
+        versions = {"prepare": stage_version("prepare"), "recbole": stage_version("recbole")}
     upstream = {}
     for stage in config["variant_catalog"][variant].get("lineage", []):
         if stage == "pretrain":
