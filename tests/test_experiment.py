@@ -107,6 +107,9 @@ def test_publish_writes_manifest_and_index_and_refuses_a_foreign_folder(config, 
     assert (tmp_path / "results/main" / rel / "provenance.json").is_file()
     assert "[main/](main/)" in (tmp_path / "results/INDEX.md").read_text()
     assert results_status(tmp_path / "results")[0]["current"] == 1
+    # published again, even where its MANIFEST went missing (its config.json still names the experiment)
+    (tmp_path / "results/main" / MANIFEST).unlink()
+    assert publish(config, files, "results/main/MANIFEST.json", "results/INDEX.md")["experiment"] == "main"
 
     other = json.loads(json.dumps(config))
     other["experiment"]["name"] = "paper"

@@ -13,6 +13,7 @@ def register(sub) -> None:
     p.add_argument("--files-from", default=None, help="a file listing them, one per line (for long lists)")
     p.add_argument("--manifest", required=True, help="<results_dir>/<experiment>/MANIFEST.json")
     p.add_argument("--index", required=True, help="<results_dir>/INDEX.md, regenerated")
+    p.add_argument("--receipt", default=None, help="also write a copy of the MANIFEST here (the workflow's output)")
     p.set_defaults(func=_publish)
 
     p = sub.add_parser("status", help="published runs whose code version differs from the current checkout")
@@ -31,6 +32,10 @@ def _publish(args):
     if args.files_from:
         files += [line.strip() for line in Path(args.files_from).read_text(encoding="utf-8").splitlines() if line.strip()]
     manifest = publish(args.config, files, args.manifest, args.index)
+    if args.receipt:
+        from p2rec.io import write_json
+
+        write_json(args.receipt, manifest)
     print(json.dumps({k: manifest[k] for k in ("experiment", "git_commit", "files", "date")}))
 
 

@@ -209,6 +209,18 @@ def _devices(work: Path, files: list[str]) -> list[str]:
     return sorted(found)
 
 
+def published_experiment(folder: Path) -> str | None:
+    """The experiment a published folder holds, from its MANIFEST (or, where that is gone, its config.json)."""
+    for name, key in ((MANIFEST, lambda d: d.get("experiment")),
+                      ("config.json", lambda d: (d.get("experiment") or {}).get("name"))):
+        if (folder / name).is_file():
+            try:
+                return key(read_json(folder / name))
+            except (OSError, ValueError, AttributeError):
+                return None
+    return None
+
+
 def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, index_path: str | os.PathLike) -> dict:
     """Copy the experiment's compact files (paths relative to its working folder) into its published folder,
     replacing what an earlier publish of the same experiment left there, then write its MANIFEST and the index.
@@ -217,12 +229,11 @@ def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, in
     folder as it was. A folder whose MANIFEST names another experiment is never touched."""
     name = experiment_name(config)
     work, target = Path(work_root(config)), Path(manifest_path).parent
-    if (target / MANIFEST).exists():
-        previous = read_json(target / MANIFEST).get("experiment")
-        if previous != name:
-            raise P2RecError(f"{target / MANIFEST}: this folder holds experiment '{previous}', not '{name}'; "
-                             f"publish '{name}' elsewhere (config key 'experiment.name' or 'results_dir')")
-    elif target.exists() and any(target.iterdir()):
+    previous = published_experiment(target)
+    if previous is not None and previous != name:
+        raise P2RecError(f"{target / MANIFEST}: this folder holds experiment '{previous}', not '{name}'; "
+                         f"publish '{name}' elsewhere (config key 'experiment.name' or 'results_dir')")
+    if previous is None and target.exists() and any(target.iterdir()):
         raise P2RecError(f"{target}: folder exists with files but no {MANIFEST}; it is not a published experiment "
                          f"(move it away, or choose another 'experiment.name' / 'results_dir')")
     # a record restored from the published folder (experiment.restore_published) is kept from there
