@@ -69,42 +69,12 @@ def _prepare(args):
 
 def _train(args):
     from p2rec.training.runner import run_training
-    from p2rec.workflow.experiment import restore_run, run_restorable
+    from p2rec.workflow.experiment import run_job
 
-    if args.restore_from and args.provenance and run_restorable(args.restore_from, args.provenance["lineage"]):
-        restore_run(args.restore_from, args.out_dir)
-        print(json.dumps({"status": "restored", "from": args.restore_from, "lineage": args.provenance["lineage"]}))
-        return 0
-    try:
-        metrics = run_training(args.data, args.settings, args.seed, args.out_dir, item_init=args.item_init,
-                               save_item_table=args.save_item_table, progress=not args.no_progress)
-    except Exception as err:
-        if not args.record_failure:
-            raise
-        import traceback
-
-        from p2rec.report.tables import write_failed_run
-
-        traceback.print_exc()
-        reason = f"{type(err).__name__}: {err}"
-        write_failed_run(args.out_dir, args.seed, reason)
-        _write_provenance(args)
-        print(json.dumps({"status": "failed", "reason": reason}))
-        return 0
-    _write_provenance(args)
-    print(json.dumps({"test": metrics["test"], "best_epoch": metrics["best_epoch"]}))
-
-
-def _write_provenance(args) -> None:
-    """provenance.json beside the run's files: its lineage, and the date it was computed (not restored)."""
-    import datetime as dt
-    from pathlib import Path
-
-    from p2rec.io import write_json
-
-    if args.provenance is not None:
-        stamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-        write_json(Path(args.out_dir) / "provenance.json", {**args.provenance, "computed": stamp})
+    run_job(args.out_dir, args.seed, args.provenance, args.restore_from, args.record_failure,
+            lambda: run_training(args.data, args.settings, args.seed, args.out_dir, item_init=args.item_init,
+                                 save_item_table=args.save_item_table, progress=not args.no_progress))
+    return 0
 
 
 def _gather(args):

@@ -202,36 +202,13 @@ def _flag(text: str) -> bool:
 
 def recbole_run(args) -> dict:
     """``bench recbole-run``, the workflow's RecBole rule: restore, train, or record a failure, as ``p2rec train``
-    does (here, not in recbole_runs, so that none of it enters the RecBole runs' code version)."""
+    does (p2rec.workflow.experiment.run_job, outside the RecBole runs' code version)."""
     from p2rec.bench.recbole_runs import train_run
-    from p2rec.workflow.experiment import restore_run, run_restorable
+    from p2rec.workflow.experiment import run_job
 
-    if args.restore_from and args.provenance and run_restorable(args.restore_from, args.provenance["lineage"]):
-        restore_run(args.restore_from, args.out_dir)
-        print(json.dumps({"status": "restored", "from": args.restore_from, "lineage": args.provenance["lineage"]}))
-        return {"status": "restored"}
-    try:
-        metrics = train_run(args.data, args.settings, args.seed, args.out_dir, work_dir=args.work_dir,
-                            venv=args.venv, python=args.python, provenance=args.provenance)
-    except Exception as err:
-        if not args.record_failure:
-            raise
-        import datetime as dt
-        import traceback
-
-        from p2rec.io import write_json
-        from p2rec.report.tables import write_failed_run
-
-        traceback.print_exc()
-        reason = f"{type(err).__name__}: {err}"
-        write_failed_run(args.out_dir, args.seed, reason)
-        if args.provenance is not None:
-            stamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-            write_json(Path(args.out_dir) / "provenance.json", {**args.provenance, "computed": stamp})
-        print(json.dumps({"status": "failed", "reason": reason}))
-        return {"status": "failed", "reason": reason}
-    print(json.dumps({"test": metrics["test"], "best_epoch": metrics["best_epoch"]}))
-    return metrics
+    return run_job(args.out_dir, args.seed, args.provenance, args.restore_from, args.record_failure,
+                   lambda: train_run(args.data, args.settings, args.seed, args.out_dir, work_dir=args.work_dir,
+                                     venv=args.venv, python=args.python, provenance=args.provenance))
 
 
 def _check_cuda(p) -> None:

@@ -188,6 +188,42 @@ def restore_run(published_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         os.replace(tmp, out / name)
 
 
+def run_job(out_dir, seed: int, provenance: dict | None, restore_from: str | None, record_failure: bool,
+            train) -> dict:
+    """One run of the workflow (``p2rec train``, ``p2rec bench recbole-run``): restored from its published copy
+    when that has the same lineage, else ``train()``; a failure is recorded as a failed run when asked (the
+    tables then show "failed"); provenance.json is written beside the run's files."""
+    if restore_from and provenance and run_restorable(restore_from, provenance["lineage"]):
+        restore_run(restore_from, out_dir)
+        print(json.dumps({"status": "restored", "from": restore_from, "lineage": provenance["lineage"]}))
+        return {"status": "restored"}
+    try:
+        metrics = train()
+    except Exception as err:
+        if not record_failure:
+            raise
+        import traceback
+
+        from p2rec.report.runs import write_failed_run
+
+        traceback.print_exc()
+        reason = f"{type(err).__name__}: {err}"
+        write_failed_run(out_dir, seed, reason)
+        write_provenance(out_dir, provenance)
+        print(json.dumps({"status": "failed", "reason": reason}))
+        return {"status": "failed", "reason": reason}
+    write_provenance(out_dir, provenance)
+    print(json.dumps({"test": metrics["test"], "best_epoch": metrics["best_epoch"]}))
+    return metrics
+
+
+def write_provenance(out_dir, provenance: dict | None) -> None:
+    """provenance.json beside a run's files: its lineage, and when it was computed (not restored)."""
+    if provenance is not None:
+        stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        write_json(Path(out_dir) / "provenance.json", {**provenance, "computed": stamp})
+
+
 # ------------------------------------------------------------------------------------------------ publish
 def _git(*args: str) -> str:
     try:
