@@ -29,6 +29,15 @@ def json_arg(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
 
 
+def bool_arg(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2rec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from p2rec.cli import json_arg
+from p2rec.cli import bool_arg, json_arg
 
 
 def register(sub) -> None:
@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="the run's lineage (JSON from p2rec.workflow.experiment.run_lineage): written to provenance.json")
     p.add_argument("--restore-from", default=None,
                    help="a published run folder: when its provenance has the same lineage, copy it instead of training")
-    p.add_argument("--record-failure", nargs="?", const="true", default="false", type=_flag, metavar="BOOL",
+    p.add_argument("--record-failure", nargs="?", const="true", default="false", type=bool_arg, metavar="BOOL",
                    help="on any error write a failed result (metrics.json status 'failed' + reason, empty "
                         "placeholders for the other run files) and exit 0, so the tables show 'failed' "
                         "(bare flag = true; the workflow passes report.record_failures)")
@@ -47,17 +47,6 @@ def register(sub) -> None:
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults filled")
     p.add_argument("config")
     p.set_defaults(func=_check_config)
-
-
-def _flag(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    import argparse
-
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _prepare(args):

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from p2rec.cli import json_arg
+from p2rec.cli import bool_arg, json_arg
 
 REPO = Path(__file__).resolve().parents[3]
 # the keys of recbole_compare.RECBOLE_MODELS and LOSSES, named here so that building the CLI imports no torch
@@ -184,20 +184,11 @@ def _recbole_run(p) -> None:
     p.add_argument("--provenance", type=json_arg, default=None, help="the run's lineage (JSON): provenance.json")
     p.add_argument("--restore-from", default=None,
                    help="a published run folder: when its provenance has the same lineage, copy it instead of training")
-    p.add_argument("--record-failure", default="false", type=_flag, metavar="BOOL",
+    p.add_argument("--record-failure", default="false", type=bool_arg, metavar="BOOL",
                    help="on any error write a failed result and exit 0, as 'p2rec train --record-failure'")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"),
                    help="RecBole's side venv, made on first use, where this interpreter has no RecBole")
     p.add_argument("--python", default=None, help="interpreter that creates the venv (default: this one)")
-
-
-def _flag(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def recbole_run(args) -> dict:
