@@ -11,6 +11,17 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+# built from the configured names, so that {dataset} never matches a path fragment (rules/common.smk)
+wildcard_constraints:
+    dataset=_alternatives(config["catalog"]),
+    backbone=_alternatives(set(config["backbones"]) | {config["pretrain"]["backbone"]}),
+    variant=_alternatives(config["variant_catalog"]),
+    seed=r"\d+",
+    pipeline=r"shared|seed\d+",
+
+
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/llm.smk"

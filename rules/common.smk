@@ -1,19 +1,18 @@
 # Helpers shared by the rules: config validation, the experiment's folders, wildcard constraints, targets.
 import json
-import os
 import re
 from pathlib import Path
 
 from p2rec.workflow import targets as T
 from p2rec.workflow.config import train_settings, validate_config
-from p2rec.workflow.experiment import check_experiment, pipeline_config, published_root, work_root
+from p2rec.workflow.experiment import (check_experiment, export_package_path, pipeline_config, published_root,
+                                       work_root)
 from p2rec.workflow.versions import stage_version
 from p2rec.workflow.gpu import gpu_resource, lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on its GPU slot(s) or device(s)
 
 config.update(validate_config(config))
 # jobs in a conda environment (--software-deployment-method conda) import the package from this checkout
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(workflow.basedir) / "src"),
-                                                       os.environ.get("PYTHONPATH")) if p)
+export_package_path(workflow.basedir)
 check_experiment(config, workflow.basedir)
 
 # working files of this experiment (ignored by git) and its published folder (committed)
@@ -31,18 +30,10 @@ def _alternatives(names):
     return "|".join(re.escape(n) for n in names)
 
 
-wildcard_constraints:
-    dataset=_alternatives(config["catalog"]),
-    backbone=_alternatives(set(config["backbones"]) | {config["pretrain"]["backbone"]}),
-    variant=_alternatives(config["variant_catalog"]),
-    seed=r"\d+",
-    pipeline=r"shared|seed\d+",
-
-
 def variants_run_by(runner):
-    """The variant wildcard of the rule that trains ``runner``'s runs (p2rec: train_backbone, recbole:
-    recbole_run), from the catalog: each run folder has exactly one rule. No such variant: a pattern that
-    matches nothing."""
+    """The variant wildcard of the job that trains ``runner``'s runs (p2rec: train_backbone, recbole:
+    recbole_run), from the catalog, so that each run folder has exactly one producer. No such variant: a
+    pattern that matches nothing."""
     names = [n for n, e in config["variant_catalog"].items() if e.get("runner", "p2rec") == runner]
     return _alternatives(names) if names else "(?!)"
 
@@ -91,3 +82,10 @@ def item_init_flag(wildcards, input):
 def work_runs(name, datasets=None):
     """A run file (metrics.json, ranks.csv.gz, ...) of every configured run, in the working folder."""
     return [W(f) for f in T.run_files(config, name, datasets)]
+
+
+def recbole_settings_json(wildcards):
+    """What RecBole reads of the run's settings (not p2rec's backbone parameters): the rerun trigger."""
+    from p2rec.bench.recbole_runs import run_settings
+
+    return json.dumps(run_settings(train_settings(config, wildcards.dataset, wildcards.backbone)), sort_keys=True)

@@ -2,16 +2,10 @@
 # recbole; docs/backbones.md): the run folder has the six files of train_backbone, so the tables and the publish
 # rule take it like any run. RecBole runs in its own environment; `p2rec bench recbole-run` converts the split,
 # starts RecBole's worker and writes the run's files (p2rec.bench.recbole_runs).
-from p2rec.bench.recbole_runs import check_config as check_recbole_config, run_settings as recbole_run_settings
+from p2rec.bench.recbole_runs import check_config as check_recbole_config
 
 # a grid RecBole cannot train (e.g. a backbone it has no model of) fails here, naming the key
 check_recbole_config(config)
-
-
-def recbole_settings_json(wildcards):
-    """What RecBole reads of the run's settings (not p2rec's backbone parameters): the rerun trigger."""
-    settings = train_settings(config, wildcards.dataset, wildcards.backbone)
-    return json.dumps(recbole_run_settings(settings), sort_keys=True)
 
 
 rule recbole_run:

@@ -6,6 +6,8 @@ including the files (`-r`), because Snakemake creates an environment from a copy
 package."""
 from __future__ import annotations
 
+import os
+
 import re
 
 import pytest
@@ -79,11 +81,20 @@ def test_each_stack_names_how_p2rec_and_the_no_deps_llm_package_go_in(env):
     # p2rec from the checkout (PYTHONPATH, rules/common.smk), a hand-made env installs it as the comment says
     assert not any(o.startswith("-e") for o in options)
     assert "pip install -e . --no-deps" in text
-    assert 'os.environ["PYTHONPATH"]' in (ENVS / ".." / "rules" / "common.smk").read_text(encoding="utf-8")
+    assert "export_package_path(workflow.basedir)" in (ENVS / ".." / "rules" / "common.smk").read_text(encoding="utf-8")
     # requirements-llm.txt goes in with --no-deps, which an env file cannot say per package: a comment says how
     no_deps = {parse_requirement(pin) for line in text.splitlines() if "pip install --no-deps" in line
                for pin in line.split("--no-deps", 1)[1].split()}
     assert set(requirement_files()["requirements-llm.txt"].items()) <= no_deps
+
+
+def test_the_workflow_puts_the_checkout_on_the_jobs_python_path(monkeypatch, tmp_path):
+    from p2rec.workflow.experiment import export_package_path
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    export_package_path(tmp_path)
+    export_package_path(tmp_path)  # once only
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "src"), "/elsewhere"]
 
 
 def test_the_cpu_stack_takes_torch_from_the_cpu_index_and_the_cuda_stack_from_pypi():

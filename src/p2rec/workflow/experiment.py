@@ -68,6 +68,15 @@ def check_experiment(config: dict, workflow_dir: str | os.PathLike = ".") -> Non
                                  f"'{name}' (experiment.datasets: {', '.join(declared)})")
 
 
+def export_package_path(workflow_dir) -> None:
+    """Put this checkout's src/ on PYTHONPATH for the jobs: a job in a conda environment built from envs/
+    (which cannot install the package by a relative path) then imports p2rec from here."""
+    src = str(Path(workflow_dir) / "src")
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
+
+
 def canonical_command(config: dict) -> str:
     name = experiment_name(config)
     return f"snakemake --cores all --configfile experiments/{name}.yaml"
