@@ -110,6 +110,13 @@ def test_publish_writes_manifest_and_index_and_refuses_a_foreign_folder(config, 
     # published again, even where its MANIFEST went missing (its config.json still names the experiment)
     (tmp_path / "results/main" / MANIFEST).unlink()
     assert publish(config, files, "results/main/MANIFEST.json", "results/INDEX.md")["experiment"] == "main"
+    # another slice of the grid: its run is added, the earlier slice's run stays
+    other_rel = "runs/synthetic/gru4rec/none/seed2"
+    _working_run(tmp_path / "work" / "main", other_rel, run_lineage(config, "synthetic", "gru4rec", "none", 2))
+    manifest = publish(config, [f"{other_rel}/{name}" for name in RUN_FILES], "results/main/MANIFEST.json",
+                       "results/INDEX.md")
+    assert manifest["runs_kept_from_earlier_publishes"] == 1
+    assert all((tmp_path / "results/main" / r / "metrics.json").is_file() for r in (rel, other_rel))
 
     other = json.loads(json.dumps(config))
     other["experiment"]["name"] = "paper"

@@ -266,6 +266,16 @@ def published_experiment(folder: Path) -> str | None:
     return None
 
 
+def kept_runs(target: Path, files: list[str]) -> list[str]:
+    """Files of published run folders that this publish does not bring (relative to the published folder)."""
+    runs = target / "runs"
+    if not runs.is_dir():
+        return []
+    new_runs = {str(Path(rel).parent) for rel in files if rel.startswith("runs/")}
+    return sorted(str(p.relative_to(target)) for p in runs.rglob("*")
+                  if p.is_file() and str(p.parent.relative_to(target)) not in new_runs)
+
+
 def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, index_path: str | os.PathLike) -> dict:
     """Copy the experiment's compact files (paths relative to its working folder) into its published folder,
     replacing what an earlier publish of the same experiment left there, then write its MANIFEST and the index.
@@ -288,6 +298,12 @@ def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, in
         raise P2RecError(f"publish '{name}': {len(missing)} file(s) missing under {work}, e.g. {missing[0]}")
     staging = target.with_name(f".{target.name}.publishing")
     shutil.rmtree(staging, ignore_errors=True)
+    # runs published earlier by a wider or another slice of the grid stay (with their own provenance), so
+    # an experiment can be computed slice by slice; everything else is replaced by this publish
+    kept = kept_runs(target, files)
+    for rel in kept:
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target / rel, staging / rel)
     for rel, src in sources.items():
         dest = staging / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +325,7 @@ def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, in
                  "system": platform.system()},
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "files": len(files),
+        "runs_kept_from_earlier_publishes": len({str(Path(rel).parent) for rel in kept}),
     }
     write_json(staging / MANIFEST, manifest)
     write_json(staging / "config.json", config)
