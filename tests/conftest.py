@@ -64,3 +64,13 @@ def run_snakemake(workdir: Path, *args: str, snakefile: Path | None = None, time
 def work_path(workdir: Path, rel: str, experiment: str = "main") -> Path:
     """A working file of an experiment run in ``workdir`` (``<work_dir>/<experiment>/<rel>``)."""
     return Path(workdir) / "work" / experiment / rel
+
+
+def write_sequence_file(path: Path, users: int, items: int, seed: int = 3) -> Path:
+    """A small standard-format file (``user item item ...``, 4-8 distinct items per user) at ``path``."""
+    rng = np.random.default_rng(seed)
+    lines = [f"{u} " + " ".join(map(str, rng.choice(np.arange(1, items + 1), size=rng.integers(4, 9), replace=False)))
+             for u in range(1, users + 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -19,6 +19,7 @@ from p2rec.evaluation import full_ranking, pad_left, ranks_from_scores
 from p2rec.models.base import SequentialBackbone
 from p2rec.models.registry import BACKBONES, build_backbone
 from p2rec.training.trainer import batch_hidden, eval_batching, loss_on_batch, training_pairs, training_prefixes
+from tests.conftest import write_sequence_file
 
 NAMES = sorted(BACKBONES)
 NUM_ITEMS, HIDDEN, MAX_LEN = 40, 16, 20
@@ -494,13 +495,7 @@ def _bench(*argv):
 
 @pytest.fixture
 def tiny_data(tmp_path):
-    rng = np.random.default_rng(3)
-    lines = [f"{u} " + " ".join(map(str, rng.choice(np.arange(1, 26), size=rng.integers(4, 9), replace=False)))
-             for u in range(1, 21)]
-    path = tmp_path / "data" / "sequences.txt"
-    path.parent.mkdir()
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_sequence_file(tmp_path / "data" / "sequences.txt", users=20, items=25)
 
 
 def test_bench_backbones_writes_one_row_per_backbone(tiny_data, tmp_path):

@@ -20,20 +20,14 @@ from p2rec.evaluation import metrics_from_ranks
 from p2rec.report.runs import load_run
 from p2rec.workflow.config import train_settings, validate_config
 from p2rec.workflow.experiment import RUN_FILES, run_lineage
-from tests.conftest import REPO, run_snakemake, work_path
+from tests.conftest import REPO, run_snakemake, work_path, write_sequence_file
 
 FAKE_WORKER = REPO / "tests" / "fixtures" / "fake_recbole_worker.py"
 
 
 @pytest.fixture
 def tiny_data(tmp_path):
-    rng = np.random.default_rng(3)
-    lines = [f"{u} " + " ".join(map(str, rng.choice(np.arange(1, 31), size=rng.integers(4, 9), replace=False)))
-             for u in range(1, 26)]
-    path = tmp_path / "tiny" / "sequences.txt"
-    path.parent.mkdir()
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_sequence_file(tmp_path / "tiny" / "sequences.txt", users=25, items=30)
 
 
 def recbole_config(**overrides) -> dict:
