@@ -12,7 +12,7 @@ from p2rec import P2RecError
 from p2rec.cli import main as cli
 from p2rec.workflow import versions
 from p2rec.workflow.config import validate_config
-from p2rec.workflow.experiment import (MANIFEST, RUN_FILES, check_experiment, publish, recorded_versions,
+from p2rec.workflow.experiment import (MANIFEST, RUN_FILES, check_experiment, publish,
                                        results_status, run_lineage, run_restorable)
 from tests.conftest import REPO
 
@@ -47,8 +47,8 @@ def test_stage_sources_follow_the_imports():
 
 
 def test_editing_a_backbone_makes_its_runs_stale_but_not_the_llm_stages(config, package_copy):
-    plain = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "none", 1))
-    llm = recorded_versions(run_lineage(config, "synthetic", "sasrec", "p2rec", 1))
+    plain = run_lineage(config, "synthetic", "gru4rec", "none", 1)["code_versions"]
+    llm = run_lineage(config, "synthetic", "sasrec", "p2rec", 1)["code_versions"]
     assert versions.stale_stages(plain) == [] and versions.stale_stages(llm) == []
     _edit(package_copy / "models" / "gru4rec.py")
     assert versions.stale_stages(plain) == ["train:gru4rec"]
@@ -56,9 +56,9 @@ def test_editing_a_backbone_makes_its_runs_stale_but_not_the_llm_stages(config, 
 
 
 def test_editing_the_sft_makes_sft_extraction_and_their_runs_stale(config, package_copy):
-    plain = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "none", 1))
-    cf = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "cf_init", 1))
-    llm = recorded_versions(run_lineage(config, "synthetic", "gru4rec", "p2rec", 1))
+    plain = run_lineage(config, "synthetic", "gru4rec", "none", 1)["code_versions"]
+    cf = run_lineage(config, "synthetic", "gru4rec", "cf_init", 1)["code_versions"]
+    llm = run_lineage(config, "synthetic", "gru4rec", "p2rec", 1)["code_versions"]
     _edit(package_copy / "llm" / "sft.py")
     assert versions.stale_stages(llm) == ["extract", "sft"]
     assert versions.stale_stages(plain) == [] and versions.stale_stages(cf) == []

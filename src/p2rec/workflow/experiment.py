@@ -168,14 +168,6 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
     return {"lineage": digest, "code_versions": versions, "data_version": data_version, **payload["run"]}
 
 
-def recorded_versions(provenance: dict) -> dict:
-    """Recorded code versions keyed as :func:`stale_stages` expects (``pretrain:<b>`` is the trainer's)."""
-    out = {}
-    for key, value in (provenance.get("code_versions") or {}).items():
-        out["train:" + key.split(":", 1)[1] if key.startswith("pretrain:") else key] = value
-    return out
-
-
 def run_restorable(published_dir: str | os.PathLike, lineage: str) -> bool:
     """A published run can stand in for a training job when all its files are there and its lineage matches."""
     folder = Path(published_dir)
@@ -344,7 +336,7 @@ def run_status(provenance_path: Path) -> list[str]:
     """Stale stages of one published run ([] = current); a run without provenance is stale as a whole."""
     if not provenance_path.is_file():
         return ["(no provenance: made before code versions were derived from the code)"]
-    return stale_stages(recorded_versions(read_json(provenance_path)))
+    return stale_stages(read_json(provenance_path).get("code_versions") or {})
 
 
 def experiment_status(folder: Path) -> dict:
