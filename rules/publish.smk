@@ -2,9 +2,6 @@
 # plots; stage records) copied from its working folder to <results_dir>/<experiment>/ with a MANIFEST.json
 # (commit, code version of each stage, config hash, devices, command, date), and results/INDEX.md regenerated;
 # the job's own output is a receipt (a copy of the MANIFEST) in the working folder.
-PUBLISH_FILES = T.published_files(config)
-
-
 rule publish:
     input:
         T.publish_inputs(config),
@@ -16,13 +13,10 @@ rule publish:
         manifest=f"{PUBLISHED}/MANIFEST.json",
         index=f"{config['results_dir']}/INDEX.md",
         config=lambda w: json.dumps(config, sort_keys=True),
-        files=lambda w: W("publish_files.txt"),
-        publish=PUBLISH_FILES,
     log:
         W("logs/publish.log"),
     conda:
         CPU_ENV
     shell:
-        "printf '%s\\n' {params.publish:q} > {params.files} && python -m p2rec publish --config {params.config:q}"
-        " --files-from {params.files} --manifest {params.manifest} --index {params.index} --receipt {output.receipt}"
-        " > {log} 2>&1"
+        "python -m p2rec publish --config {params.config:q} --files {input} --manifest {params.manifest}"
+        " --index {params.index} --receipt {output.receipt} > {log} 2>&1"

@@ -199,3 +199,12 @@ def test_pipeline_seeds_give_each_seed_its_own_upstream_stages(config):
     assert one["lineage"] != two["lineage"]
     config["pipeline_seeds"] = False
     assert run_lineage(config, "synthetic", "gru4rec", "p2rec", 1)["lineage"] != one["lineage"]
+
+
+def test_publish_takes_the_rules_input_paths_relative_to_the_experiment(config):
+    from p2rec.workflow.experiment import experiment_relative
+
+    assert experiment_relative(config, "work/main/runs/a/metrics.json") == "runs/a/metrics.json"
+    assert experiment_relative(config, "results/main/llm/shared/x/p2rec/timing.json") == "llm/shared/x/p2rec/timing.json"
+    assert experiment_relative(config, "tables/main.csv") == "tables/main.csv"
+    assert experiment_relative(config, "work/mainly/x.json") == "work/mainly/x.json"  # another folder: as given

@@ -9,8 +9,9 @@ from p2rec.cli import json_arg
 def register(sub) -> None:
     p = sub.add_parser("publish", help="copy an experiment's compact files into its published folder with a MANIFEST")
     p.add_argument("--config", type=json_arg, required=True, help="the resolved configuration (JSON)")
-    p.add_argument("--files", nargs="*", default=[], help="files to publish, relative to the experiment's working folder")
-    p.add_argument("--files-from", default=None, help="a file listing them, one per line (for long lists)")
+    p.add_argument("--files", nargs="*", default=[],
+                   help="files to publish: paths in the experiment's working folder (or, for restored records, its "
+                        "published folder), or relative to it")
     p.add_argument("--manifest", required=True, help="<results_dir>/<experiment>/MANIFEST.json")
     p.add_argument("--index", required=True, help="<results_dir>/INDEX.md, regenerated")
     p.add_argument("--receipt", default=None, help="also write a copy of the MANIFEST here (the workflow's output)")
@@ -24,14 +25,10 @@ def register(sub) -> None:
 
 
 def _publish(args):
-    from pathlib import Path
+    from p2rec.workflow.experiment import experiment_relative, publish
 
-    from p2rec.workflow.experiment import publish
-
-    files = list(args.files)
-    if args.files_from:
-        files += [line.strip() for line in Path(args.files_from).read_text(encoding="utf-8").splitlines() if line.strip()]
-    manifest = publish(args.config, files, args.manifest, args.index)
+    manifest = publish(args.config, [experiment_relative(args.config, f) for f in args.files], args.manifest,
+                       args.index)
     if args.receipt:
         from p2rec.io import write_json
 

@@ -46,6 +46,14 @@ def published_root(config: dict) -> str:
     return f"{config['results_dir']}/{experiment_name(config)}"
 
 
+def experiment_relative(config: dict, path: str) -> str:
+    """A file of the experiment relative to its working (or published) folder: where publish puts it."""
+    for root in (work_root(config), published_root(config)):
+        if path.startswith(root + "/"):
+            return path[len(root) + 1:]
+    return path
+
+
 def check_experiment(config: dict, workflow_dir: str | os.PathLike = ".") -> None:
     """An experiment is named by its config file, and its grid stays within the datasets it declares."""
     name = experiment_name(config)

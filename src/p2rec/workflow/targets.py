@@ -153,12 +153,6 @@ def publish_inputs(config: dict) -> list[str]:
     return files + _records(config)
 
 
-def published_files(config: dict) -> list[str]:
-    """The same files relative to the working (and published) folder: where publish puts them."""
-    prefixes = (work_root(config) + "/", published_root(config) + "/")
-    return [next(p[len(x):] for x in prefixes if p.startswith(x)) for p in publish_inputs(config)]
-
-
 def item_init_file(config: dict, dataset: str, backbone: str, variant: str, seed) -> str | None:
     template = config["variant_catalog"][variant].get("item_init")
     if not template:
