@@ -5,7 +5,7 @@ from pathlib import Path
 
 from p2rec.workflow import targets as T
 from p2rec.workflow.config import train_settings, validate_config
-from p2rec.workflow.experiment import (check_experiment, export_package_path, pipeline_config, published_root,
+from p2rec.workflow.experiment import (check_experiment, export_package_path, pipeline_config, published_root, restore_roots,
                                        work_root)
 from p2rec.workflow.versions import stage_version
 from p2rec.workflow.gpu import gpu_resource, lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on its GPU slot(s) or device(s)
@@ -64,9 +64,8 @@ def run_provenance(wildcards):
 def restore_flag(wildcards):
     # the same text whether or not the published copy exists yet (the command checks its lineage), so that
     # publishing never changes this param and reruns the job
-    if config["experiment"]["restore_published"]:
-        return f"--restore-from {PUBLISHED}/{T.run_dir(*_run_key(wildcards))}"
-    return ""
+    rel = T.run_dir(*_run_key(wildcards))
+    return " ".join(f"--restore-from {root}/{rel}" for root in restore_roots(config))
 
 
 def item_init_input(wildcards):

@@ -75,7 +75,7 @@ def run(stage_inputs, tiny_llm, mode="user", out="out", **kw):
 
 # ------------------------------------------------------------------------------------------ loading
 def test_loads_a_causal_lm_from_a_folder(tiny_llm):
-    model, tokenizer, device = load_causal_lm(tiny_llm, "auto", "cpu")
+    model, tokenizer, device = load_causal_lm(tiny_llm, "float32", "cpu")
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 2
     assert device.type == "cpu" and next(model.parameters()).dtype == torch.float32
     assert decoder_of(model).__class__.__name__ == "LlamaModel"
@@ -107,7 +107,7 @@ def test_non_causal_model_is_rejected(tmp_path):
 
 # ------------------------------------------------------------------------------------------ prompt
 def test_soft_tokens_are_spliced_at_the_item_slots(tiny_llm):
-    model, tokenizer, _ = load_causal_lm(tiny_llm, "auto", "cpu")
+    model, tokenizer, _ = load_causal_lm(tiny_llm, "float32", "cpu")
     template = PromptTemplate(tokenizer, "A user interacted with these items, in order:", "\nThe user's preferences:")
     table = np.random.default_rng(0).normal(size=(10, D_CF)).astype(np.float32)
     soft = SoftItemEncoder(table, model.config.hidden_size)

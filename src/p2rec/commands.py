@@ -26,8 +26,8 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--provenance", type=json_arg, default=None,
                    help="the run's lineage (JSON from p2rec.workflow.experiment.run_lineage): written to provenance.json")
-    p.add_argument("--restore-from", default=None,
-                   help="a published run folder: when its provenance has the same lineage, copy it instead of training")
+    p.add_argument("--restore-from", default=None, action="append",
+                   help="a published run folder (repeatable; the first match wins): when its provenance has the same lineage, copy it instead of training")
     p.add_argument("--record-failure", nargs="?", const="true", default="false", type=bool_arg, metavar="BOOL",
                    help="on any error write a failed result (metrics.json status 'failed' + reason, empty "
                         "placeholders for the other run files) and exit 0, so the tables show 'failed' "

@@ -182,8 +182,8 @@ def _recbole_run(p) -> None:
     p.add_argument("--work-dir", default=None, help="RecBole's files: atomic data, job, log, saved model "
                                                     "(default <out-dir>/recbole)")
     p.add_argument("--provenance", type=json_arg, default=None, help="the run's lineage (JSON): provenance.json")
-    p.add_argument("--restore-from", default=None,
-                   help="a published run folder: when its provenance has the same lineage, copy it instead of training")
+    p.add_argument("--restore-from", default=None, action="append",
+                   help="a published run folder (repeatable; the first match wins): when its provenance has the same lineage, copy it instead of training")
     p.add_argument("--record-failure", default="false", type=bool_arg, metavar="BOOL",
                    help="on any error write a failed result and exit 0, as 'p2rec train --record-failure'")
     p.add_argument("--venv", default=str(REPO / ".bench" / "recbole-venv"),

@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--out-hidden", required=True)
     p.add_argument("--out-parsed", required=True)
     p.add_argument("--out-timing", required=True)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_extract)

@@ -41,14 +41,63 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise P2RecError(f"config key 'llm.device': {err}") from None
 
 
+#: CPU flags of native bfloat16 arithmetic (AVX-512 BF16 dot products, AMX tiles); without them torch
+#: emulates bfloat16 on the CPU, slower than float32
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU feature flags the kernel reports (Linux); empty where they cannot be read."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_bf16_support() -> list[str]:
+    """The bfloat16 flags this CPU has (empty: no native bfloat16)."""
+    flags = cpu_flags()
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: float32 on CPU, bfloat16 on CUDA."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """``auto``: bfloat16 on CUDA and on CPUs with native bfloat16 (``BF16_CPU_FLAGS``), else float32.
+
+    ``bfloat16`` asked for on a CPU without native support is refused: torch would emulate it, slower
+    than float32."""
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name == "auto":
+        if device.type == "cuda" or (device.type == "cpu" and cpu_bf16_support()):
+            return torch.bfloat16
+        return torch.float32
     if name not in table:
         raise P2RecError(f"config key 'llm.dtype': unknown dtype '{name}' (auto, {', '.join(table)})")
+    if name == "bfloat16" and device.type == "cpu" and not cpu_bf16_support():
+        raise P2RecError(f"config key 'llm.dtype': bfloat16 on this CPU is emulated (none of the flags "
+                         f"{', '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo) and slower than float32; use float32 or auto")
     return table[name]
+
+
+def resolve_attention(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """``auto``: eager attention for bfloat16 on the CPU (torch's CPU flash-attention backward in bfloat16
+    is several times slower than the plain matmuls for prompts this short), else the model's default."""
+    if name == "auto":
+        return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else None
+    if name not in ("eager", "sdpa"):
+        raise P2RecError(f"config key 'llm.attention': unknown attention '{name}' (auto, eager, sdpa)")
+    return name
+
+
+def precision_record(model, device: torch.device) -> dict:
+    """What a stage ran in, for its timing.json."""
+    flags = cpu_bf16_support() if device.type == "cpu" else []
+    return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "attention": getattr(model.config, "_attn_implementation", None),
+            "cpu_bf16_flags": flags}
 
 
 def packaged_folder() -> Path:
@@ -116,7 +165,7 @@ def check_causal_config(config, name: str) -> None:
                          f"P2Rec needs a decoder-only causal LM (e.g. Llama, Qwen, GPT-2 family)")
 
 
-def load_causal_lm(name: str, dtype: str = "auto", device: str = "auto"):
+def load_causal_lm(name: str, dtype: str = "auto", device: str = "auto", attention: str = "auto"):
     """Load ``(model, tokenizer, device)`` from a hub id or local folder with AutoModelForCausalLM.
 
     Errors name the config key: a folder that does not exist, an id that cannot be found (offline or
@@ -129,6 +178,7 @@ def load_causal_lm(name: str, dtype: str = "auto", device: str = "auto"):
                          "pass the converted folder")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    attn = resolve_attention(attention, dev, torch_dtype)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
@@ -146,7 +196,8 @@ def load_causal_lm(name: str, dtype: str = "auto", device: str = "auto"):
     check_causal_config(config, name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        extra = {"attn_implementation": attn} if attn else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise P2RecError(f"config key 'llm.model': cannot load '{name}': {str(err).splitlines()[0]}") from None
     model.to(dev)

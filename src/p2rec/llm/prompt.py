@@ -7,9 +7,17 @@ like ordinary text.
 
 Batches are right-padded to their longest prompt; the hidden state is read at each prompt's last real
 position, so padding never changes a result.
+
+Shared prefix: every prompt starts with the same instruction tokens, and causal attention makes their
+states independent of what follows. With ``shared_prefix`` the model runs the instruction once per batch
+(batch size 1), repeats its keys and values over the batch, and runs only the item and response tokens
+against them. In training the repeated keys and values stay in the graph, so the adapters receive the
+gradient through the prefix as before (summed over the batch, as the per-row copies would give). The one
+difference: LoRA dropout on the prefix draws one mask per batch instead of one per row.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +41,10 @@ class PromptBatch:
     @property
     def tokens(self) -> int:
         return int(sum(self.lengths))
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.token_ids.numel())
 
     def to(self, device) -> "PromptBatch":
         return PromptBatch(self.token_ids.to(device), self.item_ids.to(device), self.soft_mask.to(device),
@@ -120,10 +132,21 @@ class SoftItemEncoder(nn.Module):
         return self.proj(self.table[item_ids])
 
 
+def cache_keyword(decoder) -> str | None:
+    """The name under which this decoder takes past keys and values (transformers renamed it), or None
+    when its forward takes none (such a model runs every prompt whole)."""
+    params = inspect.signature(decoder.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
 class PreferenceModel(nn.Module):
     """The causal LLM (with LoRA injected) reading a prompt, plus the soft-token projection and a head."""
 
-    def __init__(self, llm, decoder, template: PromptTemplate, soft: SoftItemEncoder | None, k: int):
+    def __init__(self, llm, decoder, template: PromptTemplate, soft: SoftItemEncoder | None, k: int,
+                 shared_prefix: bool = True):
         super().__init__()
         self.llm = llm  # the (peft-wrapped) causal LM; kept for saving the adapter
         self.decoder = decoder  # its transformer body: returns last hidden states, no vocabulary logits
@@ -132,6 +155,16 @@ class PreferenceModel(nn.Module):
         self.head = nn.Linear(llm.config.hidden_size, k)
         if template.mode == "soft" and soft is None:
             raise P2RecError("soft prompt mode needs the stage-0 item table")
+        self.cache_keyword = cache_keyword(decoder)
+        self.shared_prefix = bool(shared_prefix) and self.cache_keyword is not None and len(template.prefix) > 0
+
+    def computed_tokens(self, batch: PromptBatch) -> int:
+        """Positions the decoder runs for this batch, padding included (the prefix once when shared)."""
+        if not self.shared_prefix:
+            return batch.padded_tokens
+        width = batch.token_ids.shape[1]
+        prefix = len(self.template.prefix)
+        return prefix + batch.token_ids.shape[0] * (width - prefix)
 
     def embed(self, batch: PromptBatch) -> torch.Tensor:
         embedding = self.decoder.get_input_embeddings()
@@ -142,10 +175,29 @@ class PreferenceModel(nn.Module):
         return embeds
 
     def last_hidden(self, batch: PromptBatch) -> torch.Tensor:
+        if self.shared_prefix:
+            return self._last_hidden_shared_prefix(batch)
         out = self.decoder(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask, use_cache=False)
         hidden = out.last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, batch.last_index].float()
+
+    def _last_hidden_shared_prefix(self, batch: PromptBatch) -> torch.Tensor:
+        from transformers.cache_utils import DynamicCache
+
+        n_prefix = len(self.template.prefix)
+        rows, width = batch.token_ids.shape
+        embeds = self.embed(batch)
+        cache = DynamicCache(config=self.decoder.config)
+        # the instruction once; its keys and values (in the autograd graph when training) fill the cache
+        self.decoder(inputs_embeds=embeds[:1, :n_prefix], use_cache=True, **{self.cache_keyword: cache})
+        cache.batch_repeat_interleave(rows)
+        positions = torch.arange(n_prefix, width, device=embeds.device).unsqueeze(0).expand(rows, -1)
+        out = self.decoder(inputs_embeds=embeds[:, n_prefix:], attention_mask=batch.attention_mask,
+                           position_ids=positions, use_cache=True, **{self.cache_keyword: cache})
+        hidden = out.last_hidden_state
+        index = torch.arange(rows, device=hidden.device)
+        return hidden[index, batch.last_index - n_prefix].float()
 
     def forward(self, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.last_hidden(batch)

@@ -77,8 +77,8 @@ def sft_settings(config: dict, dataset: str, mode: str) -> dict:
     if mode not in SFT_MODES:
         raise P2RecError(f"unknown SFT mode '{mode}' ({', '.join(SFT_MODES)})")
     llm = llm_config(config, dataset)
-    keys = ["model", "dtype", "device", "k", "max_items", "prompt", "lora", "lr", "weight_decay", "epochs",
-            "batch_size", "seed"]
+    keys = ["model", "dtype", "attention", "shared_prefix", "device", "k", "max_items", "prompt", "lora", "lr",
+            "weight_decay", "epochs", "batch_size", "seed"]
     out = {key: copy.deepcopy(llm[key]) for key in keys}
     if mode == "user":
         out["loss"] = llm["loss"]
@@ -90,7 +90,8 @@ def sft_settings(config: dict, dataset: str, mode: str) -> dict:
 
 def extract_settings(config: dict, dataset: str) -> dict:
     llm = llm_config(config, dataset)
-    return {"model": llm["model"], "dtype": llm["dtype"], "device": llm["device"]}
+    return {"model": llm["model"], "dtype": llm["dtype"], "attention": llm["attention"],
+            "shared_prefix": llm["shared_prefix"], "device": llm["device"]}
 
 
 def reduce_settings(hidden: int) -> dict:

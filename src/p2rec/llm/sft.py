@@ -38,7 +38,7 @@ from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.io import atomic_dir, atomic_path, sha256_file, write_json
 from p2rec.llm.categories import load_categories, load_item_table
-from p2rec.llm.loading import decoder_of, library_versions, load_causal_lm, peak_memory_mb
+from p2rec.llm.loading import decoder_of, library_versions, load_causal_lm, peak_memory_mb, precision_record
 from p2rec.llm.prompt import PreferenceModel, PromptTemplate, SoftItemEncoder
 
 MODULES_FILE = "p2rec_modules.pt"
@@ -144,7 +144,8 @@ def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, 
     """The LLM with LoRA (new, or loaded from ``adapter``), the soft-token projection and the head."""
     from peft import PeftModel, get_peft_model
 
-    llm, tokenizer, device = load_causal_lm(model_path, settings["dtype"], settings["device"])
+    llm, tokenizer, device = load_causal_lm(model_path, settings["dtype"], settings["device"],
+                                            settings.get("attention", "auto"))
     decoder = decoder_of(llm)
     prompt = settings["prompt"]
     template = PromptTemplate(tokenizer, prompt["instruction"], prompt["response"], prompt["mode"])
@@ -166,7 +167,7 @@ def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, 
             raise P2RecError("soft prompt mode needs the stage-0 item table")
         soft = SoftItemEncoder(item_table, llm.config.hidden_size)
         soft.match_scale(decoder.get_input_embeddings().weight)
-    model = PreferenceModel(peft_model, decoder, template, soft, k)
+    model = PreferenceModel(peft_model, decoder, template, soft, k, settings.get("shared_prefix", False))
     for module in model.trainable_modules().values():
         module.to(device=device, dtype=torch.float32)
     return model, device
@@ -401,7 +402,8 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
     epochs = int(settings["epochs"])
     fingerprint = _fingerprint(settings, inputs)
     checkpoint = out_dir / "checkpoint.pt"
-    state = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "padded_tokens": 0, "train_s": 0.0,
+    state = {"epoch": 0, "batch": 0, "step": 0, "samples": 0, "tokens": 0, "padded_tokens": 0, "computed_tokens": 0,
+             "train_s": 0.0,
              "wall_s_before": 0.0, "sessions": 0, "history": [], "loss_sum": 0.0, "loss_n": 0}
     resumed_from = None
     ckpt = None
@@ -469,7 +471,7 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
             t0 = time.perf_counter()
             if ddp is None:
                 loss = train_step(model, optimizer, batch, target.to(device), mode, settings.get("loss", "mse"))
-                tokens, padded = batch.tokens, int(batch.token_ids.numel())
+                tokens, padded = batch.tokens, batch.padded_tokens
             else:
                 loss, tokens, padded = shared_train_step(
                     model, optimizer, params, batch, None if target is None else target.to(device), len(idx), mode,
@@ -481,6 +483,8 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
             state["samples"] += len(idx)
             state["tokens"] += tokens
             state["padded_tokens"] += padded
+            if batch is not None:  # this rank's decoder positions (with the shared prefix, run once per batch)
+                state["computed_tokens"] = state.get("computed_tokens", 0) + model.computed_tokens(batch)
             state["loss_sum"] += loss * len(idx)
             state["loss_n"] += len(idx)
             bar.update(len(idx))
@@ -502,14 +506,16 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
     tokens_per_s = state["tokens"] / max(state["train_s"], 1e-9)
     timing = {
         "stage": f"sft-{mode}", "mode": mode, "samples": state["samples"], "tokens": state["tokens"],
-        "padded_tokens": state["padded_tokens"], "epochs": epochs, "samples_per_epoch": per_epoch_samples,
+        "padded_tokens": state["padded_tokens"], "computed_tokens": state.get("computed_tokens"),
+        "padding_fraction": 1 - state["tokens"] / max(state["padded_tokens"], 1),
+        "shared_prefix": model.shared_prefix, "epochs": epochs, "samples_per_epoch": per_epoch_samples,
         "steps": state["step"], "train_s": state["train_s"], "tokens_per_s": tokens_per_s,
         "samples_per_s": state["samples"] / max(state["train_s"], 1e-9),
         "s_per_sample": state["train_s"] / max(state["samples"], 1), "model_load_s": load_s,
         "full_epoch": {"samples": len(full), "tokens": full_tokens},
         "extrapolated": sampled,
         "users": len(train), "k": k, "max_items": max_items, "model": settings["model"], "model_path": str(model_path),
-        "prompt": template.describe(), "device": str(device), "dtype": str(next(model.llm.parameters()).dtype),
+        "prompt": template.describe(), "device": str(device), **precision_record(model.llm, device),
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss",
         "resumed_from_step": resumed_from, "history": state["history"], **library_versions(device),
     }

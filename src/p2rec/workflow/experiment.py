@@ -46,6 +46,14 @@ def published_root(config: dict) -> str:
     return f"{config['results_dir']}/{experiment_name(config)}"
 
 
+def restore_roots(config: dict) -> list[str]:
+    """Published folders a run may be restored from, in order: this experiment's (restore_published), then
+    those of experiment.restore_from."""
+    experiment = config["experiment"]
+    own = [published_root(config)] if experiment.get("restore_published") else []
+    return own + [f"{config['results_dir']}/{name}" for name in experiment.get("restore_from") or []]
+
+
 def experiment_relative(config: dict, path: str) -> str:
     """A file of the experiment relative to its working (or published) folder: where publish puts it."""
     for root in (work_root(config), published_root(config)):
@@ -197,15 +205,17 @@ def restore_run(published_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         os.replace(tmp, out / name)
 
 
-def run_job(out_dir, seed: int, provenance: dict | None, restore_from: str | None, record_failure: bool,
+def run_job(out_dir, seed: int, provenance: dict | None, restore_from, record_failure: bool,
             train) -> dict:
     """One run of the workflow (``p2rec train``, ``p2rec bench recbole-run``): restored from its published copy
     when that has the same lineage, else ``train()``; a failure is recorded as a failed run when asked (the
     tables then show "failed"); provenance.json is written beside the run's files."""
-    if restore_from and provenance and run_restorable(restore_from, provenance["lineage"]):
-        restore_run(restore_from, out_dir)
-        print(json.dumps({"status": "restored", "from": restore_from, "lineage": provenance["lineage"]}))
-        return {"status": "restored"}
+    candidates = [restore_from] if isinstance(restore_from, str) else list(restore_from or [])
+    for source in candidates:  # the first published copy with this lineage
+        if provenance and run_restorable(source, provenance["lineage"]):
+            restore_run(source, out_dir)
+            print(json.dumps({"status": "restored", "from": source, "lineage": provenance["lineage"]}))
+            return {"status": "restored"}
     try:
         metrics = train()
     except Exception as err:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from p2rec.workflow.config import dataset_seeds, train_settings
-from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, published_root, run_lineage, run_restorable,
+from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, published_root, restore_roots, run_lineage, run_restorable,
                                        work_root)
 
 from p2rec.report.files import PLOT_KINDS, TABLE_FILES  # names only: no statistics imported while parsing
@@ -47,10 +47,12 @@ def lineage(config: dict, dataset: str, backbone: str, variant: str, seed) -> di
 
 
 def restorable(config: dict, dataset: str, backbone: str, variant: str, seed) -> bool:
-    if not config["experiment"].get("restore_published"):
+    roots = restore_roots(config)
+    if not roots:
         return False
-    published = Path(published_root(config)) / run_dir(dataset, backbone, variant, seed)
-    return run_restorable(published, lineage(config, dataset, backbone, variant, seed)["lineage"])
+    fingerprint = lineage(config, dataset, backbone, variant, seed)["lineage"]
+    rel = run_dir(dataset, backbone, variant, seed)
+    return any(run_restorable(Path(root) / rel, fingerprint) for root in roots)
 
 
 def variant_restored(config: dict, dataset: str, variant: str) -> bool:
