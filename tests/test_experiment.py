@@ -161,6 +161,31 @@ def test_a_published_run_is_restored_by_lineage_not_retrained(config, tmp_path, 
     assert not run_restorable(published, lineage["lineage"])  # incomplete: trained again
 
 
+def test_restore_from_other_experiments_takes_the_first_matching_copy(config, tmp_path, capsys):
+    """experiment.restore_from: another experiment's published run with the same lineage stands in; one with
+    another lineage never does; the own folder comes first."""
+    from p2rec.workflow import targets
+    from p2rec.workflow.experiment import restore_roots
+
+    lineage = run_lineage(config, "synthetic", "gru4rec", "none", 1)
+    rel = "runs/synthetic/gru4rec/none/seed1"
+    cfg = dict(config, results_dir=str(tmp_path / "results"),
+               experiment=dict(config["experiment"], restore_published=True, restore_from=["paper", "other"]))
+    assert restore_roots(cfg) == [f"{tmp_path}/results/main", f"{tmp_path}/results/paper", f"{tmp_path}/results/other"]
+    assert not targets.restorable(cfg, "synthetic", "gru4rec", "none", 1)
+    _working_run(tmp_path / "results" / "paper", rel, dict(lineage, lineage="1" * 64))  # another lineage
+    assert not targets.restorable(cfg, "synthetic", "gru4rec", "none", 1)
+    _working_run(tmp_path / "results" / "other", rel, lineage)
+    assert targets.restorable(cfg, "synthetic", "gru4rec", "none", 1)
+    out = tmp_path / "out"
+    sources = [str(tmp_path / "results" / name / rel) for name in ("main", "paper", "other")]
+    code = cli(["train", "--data", str(tmp_path / "missing.txt"), "--settings", "{}", "--seed", "1", "--out-dir",
+                str(out), "--provenance", json.dumps(lineage), *[a for s in sources for a in ("--restore-from", s)]])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["from"] == sources[2]
+    assert not restore_roots(dict(config, experiment=dict(config["experiment"], restore_published=False)))
+
+
 def test_status_counts_current_and_stale_runs(config, tmp_path, package_copy, capsys):
     current = run_lineage(config, "synthetic", "gru4rec", "none", 1)
     _working_run(tmp_path / "results" / "main", "runs/synthetic/gru4rec/none/seed1", current)

@@ -166,3 +166,29 @@ def test_sft_timing_records_the_precision_it_ran_in(stage_inputs, tiny_llm, monk
         assert timing["dtype"] == "bfloat16" and timing["attention"] == "eager" and timing["cpu_bf16_flags"]
         state = torch.load(stage_inputs["dir"] / "bf16" / "adapter" / "p2rec_modules.pt", weights_only=True)
         assert state["head"]["weight"].dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ bench llm
+def test_bench_llm_runs_every_path_side_by_side_and_writes_its_table(stage_inputs, tiny_llm, tmp_path):
+    from p2rec.cli import main as cli
+
+    out = tmp_path / "bench" / "llm"
+    args = ["bench", "llm", "--data", str(stage_inputs["data"]), "--model", tiny_llm, "--rounds", "1",
+            "--sft-steps", "2", "--extract-items", "20", "--out", str(out),
+            "--settings", json.dumps({"k": 4, "max_items": 5, "batch_size": 4, "extract_batch_size": 8})]
+    with_bf16 = bool(loading.cpu_bf16_support())
+    if with_bf16:
+        args += ["--fidelity-steps", "0"]
+    assert cli(args) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    paths = [row["path"] for row in result["sft"]]
+    assert paths[0].endswith("(before)") and len(paths) == (4 if with_bf16 else 2)
+    before, shared = result["extract"][0], result["extract"][1]
+    assert before["speedup_vs_before"] == 1 and shared["shared_prefix"] and shared["merged_adapters"]
+    assert shared["max_rel_diff_vs_before"] < 1e-5 and shared["parsed_agreement_vs_before"] == 1
+    assert all(0 < row["mfu"] < 1 for row in result["sft"] + result["extract"])
+    assert shared["computed_tokens_per_s"] < shared["prompt_tokens_per_s"]
+    assert "## User-level SFT" in out.with_suffix(".md").read_text() and out.with_suffix(".csv").is_file()
+    if with_bf16:
+        fid = result["fidelity"]
+        assert fid["steps"] == 3 and abs(fid["final_loss_rel_diff"]) < 0.05 and 0 <= fid["parsed_agreement"] <= 1

@@ -246,6 +246,21 @@ def _sft_table(p) -> None:
     p.add_argument("--out", required=True, help="output prefix: writes <out>.csv and <out>.md")
 
 
+def _llm(p) -> None:
+    p.add_argument("--data", required=True, help="sequences.txt (only the training split is read)")
+    p.add_argument("--model", default="packaged", help="hub id or folder of a causal LM ('packaged' converts into --converted-dir)")
+    p.add_argument("--converted-dir", default="models/smollm2-135m-instruct")
+    p.add_argument("--settings", type=json_arg, default={}, help="llm settings (JSON) over the schema defaults")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sft-steps", type=int, default=4, help="SFT steps per configuration per round")
+    p.add_argument("--extract-items", type=int, default=512, help="items per configuration per round")
+    p.add_argument("--fidelity-steps", type=int, default=None,
+                   help="also train before and after paths this many steps from one start (0 = one epoch)")
+    p.add_argument("--fidelity-data", default=None, help="sequences.txt of the fidelity check (default --data)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="output prefix: writes <out>.json, <out>.csv and <out>.md")
+
+
 # name -> (module under p2rec.bench, its function that runs the command, help, options)
 COMMANDS = {
     "backbones": ("backbones", "run", "speed of every registered backbone on one prepared dataset, side by side",
@@ -269,5 +284,7 @@ COMMANDS = {
     "recbole-run": ("commands", "recbole_run", "one backbone trained by RecBole 1.2.1 into a p2rec run folder (the "
                                                "workflow's RecBole rule)", _recbole_run),
     "sft": ("sft", "run", "user- vs instance-level SFT throughput side by side in one process", _sft),
+    "llm": ("llm", "run", "the LLM stages' before and after paths (shared prefix, merged adapters, bfloat16) side "
+                          "by side in one process: tokens/s, MFU, state differences, fidelity", _llm),
     "sft-table": ("sft", "run_table", "one table (CSV + markdown) of several 'bench sft' results", _sft_table),
 }
