@@ -324,6 +324,7 @@ def _markdown(result: dict, command: str) -> str:
             "gemm_peak_gflop_per_s", "mfu"]
     lines = [f"# LLM stage paths side by side ({Path(result['data']).parent.name})", "",
              f"`{command}`", "",
+             f"Commit {result['git']['commit']}{' (with uncommitted changes)' if result['git']['dirty'] else ''}.", "",
              f"Machine: {result['machine']}, {result['cpu_count']} cores, torch {result['torch']}, "
              f"{result['torch_threads']} torch thread(s); bfloat16 flags: {', '.join(result['cpu_bf16_flags']) or 'none'}. "
              f"Medians over {result['rounds']} interleaved rounds in one process.", "",
@@ -344,6 +345,20 @@ def _markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _git_state() -> dict:
+    """The commit of the code that ran (and whether the tree had changes), for the result's provenance."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
 def run(args) -> dict:
     import shlex
     import sys
@@ -360,6 +375,7 @@ def run(args) -> dict:
                                       steps=args.fidelity_steps or None)
     command = "python -m p2rec bench llm " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     result["command"] = command
+    result["git"] = _git_state()
     if args.out:
         write_json(f"{args.out}.json", result)
         flat = [{k: v for k, v in row.items() if k != "rounds"} for row in result["sft"] + result["extract"]]
