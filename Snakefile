@@ -23,8 +23,10 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/items.smk"
 include: "rules/pretrain.smk"
 include: "rules/llm.smk"
+include: "rules/text_init.smk"
 include: "rules/train.smk"
 include: "rules/recbole.smk"
 include: "rules/report.smk"

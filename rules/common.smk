@@ -5,11 +5,13 @@ from pathlib import Path
 
 from p2rec.workflow import targets as T
 from p2rec.workflow.config import train_settings, validate_config
+from p2rec.workflow.names import check_names
 from p2rec.workflow.experiment import (check_experiment, export_package_path, pipeline_config, published_root, restore_roots,
                                        work_root)
 from p2rec.workflow.versions import stage_version
 from p2rec.workflow.gpu import gpu_resource, lease_shell as gpu_job  # gpu_job("cmd"): cmd runs on its GPU slot(s) or device(s)
 
+check_names(config)  # dataset/backbone/variant names become folder names: no '..', no separators
 config.update(validate_config(config))
 # jobs in a conda environment (--software-deployment-method conda) import the package from this checkout
 export_package_path(workflow.basedir)
@@ -43,8 +45,11 @@ def final_targets():
 
 
 def data_entry(dataset):
-    """The catalog entry less its training overrides."""
-    return {k: v for k, v in config["catalog"][dataset].items() if k != "train"}
+    """The catalog entry less its training overrides and its item text (rules/items.smk): what shapes the
+    sequence data. The same as a run's lineage takes (p2rec.workflow.experiment.data_identity)."""
+    from p2rec.workflow.experiment import data_identity
+
+    return data_identity(config["catalog"][dataset])
 
 
 def settings_json(wildcards):

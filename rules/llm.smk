@@ -1,18 +1,28 @@
 # The LLM stages (METHOD.md section 4; docs/llm.md): categories -> SFT (user-level `p2rec`, instance-level
-# `instance`) -> extraction -> reduction to each backbone hidden size. Params hold only the llm settings
-# each rule reads plus a code version (p2rec.llm.settings), so backbone settings never rerun these rules.
+# `instance`, and any catalog entry declaring `sft`: an ablation variant with its own llm overrides) ->
+# extraction -> reduction to each backbone hidden size. Params hold only the llm settings each rule reads
+# plus a code version (p2rec.llm.settings), so backbone settings never rerun these rules. {sft} is the
+# variant's name (its folder); {categories} the categories folder (`categories`, or e.g. `categories_k8` for
+# a variant whose k differs).
 from p2rec.llm.settings import (
-    SFT_MODE,
-    categories_settings,
+    CATEGORIES_FOLDER_PATTERN,
+    categories_folder,
+    categories_folder_settings,
+    check_variant_catalog,
     extract_settings,
-    llm_config,
+    llm_variant_names,
     model_input,
+    model_name,
+    needs_items,
     reduce_settings,
     requested_gpus,
     runtime_settings,
     sft_launcher,
-    sft_settings,
+    variant_sft_mode,
+    variant_sft_settings,
 )
+
+check_variant_catalog(config)  # a bad variant_catalog.<name>.llm override fails here, naming the key
 
 # options that never change a result: written into the command text, not params, so they trigger nothing
 # (the two globals `snakemake --lint` names, on purpose)
@@ -28,8 +38,20 @@ SFT_GPUS = requested_gpus(workflow.resource_settings.overwrite_resources, "llm_s
 
 
 wildcard_constraints:
-    sft=_alternatives(SFT_MODE),
+    sft=_alternatives(llm_variant_names(config)),
+    categories=CATEGORIES_FOLDER_PATTERN,
     hidden=r"\d+",
+
+
+def variant_categories(w, name):
+    """A file of the categories folder the LLM variant {sft} reads."""
+    folder = categories_folder(pipeline_config(config, w.pipeline), w.dataset, w.sft)
+    return W(f"llm/{w.pipeline}/{w.dataset}/{folder}/{name}")
+
+
+def items_input(w):
+    """The dataset's items file, for a variant whose prompts show item texts (rules/items.smk)."""
+    return [W(f"data/{w.dataset}/items.tsv")] if needs_items(config, w.dataset, w.sft) else []
 
 
 rule convert_llm:
@@ -50,16 +72,18 @@ rule llm_categories:
         data=W("data/{dataset}/sequences.txt"),
         table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
     output:
-        categories=W("llm/{pipeline}/{dataset}/categories/categories.npy"),
-        g_u=W("llm/{pipeline}/{dataset}/categories/g_u.npy"),
-        users=W("llm/{pipeline}/{dataset}/categories/users.txt"),
-        summary=W("llm/{pipeline}/{dataset}/categories/categories.json"),
+        categories=W("llm/{pipeline}/{dataset}/{categories}/categories.npy"),
+        g_u=W("llm/{pipeline}/{dataset}/{categories}/g_u.npy"),
+        users=W("llm/{pipeline}/{dataset}/{categories}/users.txt"),
+        summary=W("llm/{pipeline}/{dataset}/{categories}/categories.json"),
     params:
-        settings=lambda w: json.dumps(categories_settings(pipeline_config(config, w.pipeline), w.dataset), sort_keys=True),
+        settings=lambda w: json.dumps(
+            categories_folder_settings(pipeline_config(config, w.pipeline), w.dataset, w.categories), sort_keys=True
+        ),
         code_version=stage_version("categories"),
         out_dir=lambda w, output: str(Path(output.summary).parent),
     log:
-        W("logs/llm/{pipeline}/{dataset}/categories.log"),
+        W("logs/llm/{pipeline}/{dataset}/{categories}.log"),
     conda:
         CPU_ENV
     shell:
@@ -71,18 +95,24 @@ rule llm_sft:
     input:
         data=W("data/{dataset}/sequences.txt"),
         table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
-        categories=W("llm/{pipeline}/{dataset}/categories/categories.npy"),
-        g_u=lambda w: [W("llm/{pipeline}/{dataset}/categories/g_u.npy")] if SFT_MODE[w.sft] == "user" else [],
-        model=lambda w: model_input(config, w.dataset),
+        categories=lambda w: variant_categories(w, "categories.npy"),
+        g_u=lambda w: [variant_categories(w, "g_u.npy")] if variant_sft_mode(config, w.sft) == "user" else [],
+        texts=items_input,
+        model=lambda w: model_input(config, w.dataset, w.sft),
     output:
         adapter=directory(W("llm/{pipeline}/{dataset}/{sft}/adapter")),
         timing=W("llm/{pipeline}/{dataset}/{sft}/timing.json"),
     cache: True
     params:
-        settings=lambda w: json.dumps(sft_settings(pipeline_config(config, w.pipeline), w.dataset, SFT_MODE[w.sft]), sort_keys=True),
-        mode=lambda w: SFT_MODE[w.sft],
+        settings=lambda w: json.dumps(
+            variant_sft_settings(pipeline_config(config, w.pipeline), w.dataset, w.sft), sort_keys=True
+        ),
+        mode=lambda w: variant_sft_mode(config, w.sft),
         g_u=lambda w, input: f"--g-u {input.g_u}" if input.g_u else "",
-        model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
+        # the option only, never the path (a param holding the working folder would split the cache key
+        # between experiments); "" in soft mode: the command as before
+        texts=lambda w, input: " --items " if input.texts else "",
+        model=lambda w, input: input.model[0] if input.model else model_name(config, w.dataset, w.sft),
         code_version=stage_version("sft"),
     threads: LLM_THREADS
     resources:
@@ -94,7 +124,8 @@ rule llm_sft:
     shell:
         gpu_job(
             sft_launcher(SFT_GPUS) + " sft --mode {params.mode} --data {input.data} --item-table {input.table}"
-            " --categories {input.categories} {params.g_u} --model {params.model:q} --settings {params.settings:q}"
+            " --categories {input.categories} {params.g_u}{params.texts}{input.texts} --model {params.model:q}"
+            " --settings {params.settings:q}"
             " --out-dir $(dirname {output.timing}) {LLM_SFT_OPTS} --threads {threads}"
             " > {log} 2>&1"
         )
@@ -104,15 +135,19 @@ rule llm_extract:
     input:
         adapter=W("llm/{pipeline}/{dataset}/{sft}/adapter"),
         table=W("pretrain/{pipeline}/{dataset}/item_table.npy"),
-        model=lambda w: model_input(config, w.dataset),
+        texts=items_input,
+        model=lambda w: model_input(config, w.dataset, w.sft),
     output:
         hidden=W("llm/{pipeline}/{dataset}/{sft}/item_hidden.npy"),
         parsed=W("llm/{pipeline}/{dataset}/{sft}/parsed_categories.npy"),
         timing=W("llm/{pipeline}/{dataset}/{sft}/extract_timing.json"),
     cache: True
     params:
-        settings=lambda w: json.dumps(extract_settings(config, w.dataset), sort_keys=True),
-        model=lambda w, input: input.model[0] if input.model else llm_config(config, w.dataset)["model"],
+        settings=lambda w: json.dumps(extract_settings(config, w.dataset, w.sft), sort_keys=True),
+        # the option only, never the path (a param holding the working folder would split the cache key
+        # between experiments); "" in soft mode: the command as before
+        texts=lambda w, input: " --items " if input.texts else "",
+        model=lambda w, input: input.model[0] if input.model else model_name(config, w.dataset, w.sft),
         code_version=stage_version("extract"),
     threads: LLM_THREADS
     resources:
@@ -123,7 +158,8 @@ rule llm_extract:
         CPU_ENV
     shell:
         gpu_job(
-            "python -m p2rec extract --adapter {input.adapter} --item-table {input.table} --model {params.model:q}"
+            "python -m p2rec extract --adapter {input.adapter} --item-table {input.table}{params.texts}{input.texts}"
+            " --model {params.model:q}"
             " --settings {params.settings:q} --out-hidden {output.hidden} --out-parsed {output.parsed}"
             " --out-timing {output.timing} {LLM_EXTRACT_OPTS} --threads {threads} > {log} 2>&1"
         )
@@ -150,7 +186,7 @@ rule llm_reduce:
 
 rule llm_parse_eval:
     input:
-        categories=W("llm/{pipeline}/{dataset}/categories/categories.npy"),
+        categories=lambda w: variant_categories(w, "categories.npy"),
         parsed=W("llm/{pipeline}/{dataset}/{sft}/parsed_categories.npy"),
         truth=W("data/{dataset}/truth.tsv"),
     output:

@@ -389,7 +389,8 @@ def test_llm_settings_hold_only_what_each_stage_reads():
     # per-dataset overrides, checked against the schema
     over = dict(config, llm=dict(config["llm"], dataset_overrides={"synthetic": {"instance": {"max_samples": 9}}}))
     assert st.sft_settings(over, "synthetic", "instance")["instance"] == {"max_samples": 9, "sample_seed": 0}
-    assert st.sft_settings(over, "beauty", "instance")["instance"]["max_samples"] is None
+    # a dataset whose override sets no budget gets the default one (as many instances as users, resolved by sft)
+    assert st.sft_settings(over, "beauty", "instance")["instance"]["max_samples"] == st.USERS_BUDGET
     for overrides, message in [({"synthetic": {"kk": 3}}, r"dataset_overrides.synthetic': Additional properties are not allowed \('kk'"),
                                ({"synthetic": {"lora": {"r": "8"}}}, r"dataset_overrides.synthetic.lora.r': '8' is not of type 'integer'"),
                                ({"synthtic": {}}, r"dataset_overrides.synthtic': unknown dataset 'synthtic'")]:

@@ -192,3 +192,19 @@ def test_bench_llm_runs_every_path_side_by_side_and_writes_its_table(stage_input
     if with_bf16:
         fid = result["fidelity"]
         assert fid["steps"] == 3 and abs(fid["final_loss_rel_diff"]) < 0.05 and 0 <= fid["parsed_agreement"] <= 1
+
+
+def test_bench_llm_fidelity_alone(stage_inputs, tiny_llm, tmp_path):
+    from p2rec.cli import main as cli
+
+    if not loading.cpu_bf16_support():  # the check compares float32 with bfloat16: refused without it
+        assert cli(["bench", "llm", "--data", str(stage_inputs["data"]), "--model", tiny_llm, "--rounds", "0",
+                    "--fidelity-steps", "2"]) == 2
+        return
+    out = tmp_path / "fid"
+    assert cli(["bench", "llm", "--data", str(stage_inputs["data"]), "--model", tiny_llm, "--rounds", "0",
+                "--fidelity-steps", "2", "--out", str(out),
+                "--settings", json.dumps({"k": 4, "max_items": 5, "batch_size": 4})]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["rounds"] == 0 and "sft" not in result and result["fidelity"]["steps"] == 2
+    assert "## Fidelity" in out.with_suffix(".md").read_text() and not out.with_suffix(".csv").exists()

@@ -18,6 +18,8 @@ STAGE_MODULES = [
     "p2rec.workflow.gpu_lease",  # lease (run a command on N GPUs of its own)
     "p2rec.workflow.commands",  # publish, status
     "p2rec.llm.commands",  # convert-llm, categories, sft, extract, reduce, parse-eval
+    "p2rec.data.commands",  # prepare-items, attribute-eval (item side information)
+    "p2rec.baselines.commands",  # text-embed (the text_init baseline)
     "p2rec.bench.commands",  # bench <name>: benchmarks, profiles and comparisons outside the workflow
 ]
 

@@ -79,11 +79,13 @@ def _check_config(args):
 
     from p2rec import P2RecError
     from p2rec.workflow.config import validate_config
+    from p2rec.workflow.names import check_names
 
     try:
         with open(args.config, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError) as err:
         raise P2RecError(f"{args.config}: {err}") from None
+    check_names(raw)  # as the Snakefile does
     json.dump(validate_config(raw), sys.stdout, indent=2)
     print()

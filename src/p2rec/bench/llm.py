@@ -99,7 +99,7 @@ def forward_flops(model, batch, shared_prefix: bool) -> float:
     return float(flops)
 
 
-def gemm_peak(dtype: torch.dtype, m: int = 1024, k: int = 576, n: int = 1536, seconds: float = 1.0) -> float:
+def gemm_peak(dtype: torch.dtype, m: int = 1024, k: int = 576, n: int = 1536, seconds: float = 0.5) -> float:
     """FLOP/s of a plain matrix product of the LLM's own shapes (hidden x MLP width) on this process's threads."""
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     for _ in range(3):
@@ -153,9 +153,9 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
     k, max_items, bs = int(settings["k"]), int(settings["max_items"]), int(settings["batch_size"])
     data, train, table, g_u = _inputs(data_path, k, max_items, seed)
     users = user_samples(train, max_items)
-    peaks = {"float32": gemm_peak(torch.float32)}
-    if bf16:
-        peaks["bfloat16"] = gemm_peak(torch.bfloat16)
+    # the GEMM reference is measured beside every timed configuration in every round (the load of a
+    # shared machine changes by the minute: one reference at the start gave an MFU above 1 under load)
+    peaks = {"float32": [], "bfloat16": []}
 
     def say(text):
         if progress:
@@ -176,6 +176,7 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
         for cfg in configs:
             model = models[cfg]
             model.train()
+            peak = gemm_peak(getattr(torch, cfg.dtype)) if r >= 0 else None
             seconds = flops = 0.0
             tokens = computed = 0
             for batch, target in zip(prompts, targets):
@@ -192,9 +193,10 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
                     padding["computed_shared"] += model.computed_tokens(batch)
             if r >= 0:
                 sft_rounds[cfg].append({"seconds": seconds, "tokens": tokens, "computed_tokens": computed,
-                                        "flops": flops})
+                                        "flops": flops, "gemm_peak": peak})
+                peaks[cfg.dtype].append(peak)
                 say(f"SFT round {r + 1}/{rounds} {cfg.name:38s} {tokens / seconds:7.1f} prompt tokens/s")
-    sft_rows = _rows(configs, sft_rounds, peaks, "sft")
+    sft_rows = _rows(configs, sft_rounds, "sft")
     del models, optimizers
     gc.collect()
 
@@ -211,6 +213,7 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
     for r in range(-1, rounds):
         for cfg in configs:
             model = models[cfg]
+            peak = gemm_peak(getattr(torch, cfg.dtype)) if r >= 0 else None
             chosen = items if r >= 0 else items[:cfg.batch_size]
             seconds = flops = 0.0
             tokens = computed = 0
@@ -227,10 +230,11 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
                     flops += forward_flops(model, batch, cfg.shared_prefix)
             if r >= 0:
                 ext_rounds[cfg].append({"seconds": seconds, "tokens": tokens, "computed_tokens": computed,
-                                        "flops": flops, "items": len(chosen)})
+                                        "flops": flops, "items": len(chosen), "gemm_peak": peak})
+                peaks[cfg.dtype].append(peak)
                 states[cfg] = (torch.cat([h for h, _ in out]), torch.cat([p for _, p in out]))
                 say(f"extract round {r + 1}/{rounds} {cfg.name:48s} {len(chosen) / seconds:7.1f} items/s")
-    ext_rows = _rows(configs, ext_rounds, peaks, "extract")
+    ext_rows = _rows(configs, ext_rounds, "extract")
     ref_h, ref_p = states[configs[0]]
     for row, cfg in zip(ext_rows, configs):
         h, p = states[cfg]
@@ -245,7 +249,7 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
     return {
         "data": str(data_path), "users": len(train), "items": data.num_items, "rounds": rounds,
         "sft_steps": sft_steps, "batch_size": bs, "extract_items": int(len(items)),
-        "prompt": template.describe(), "gemm_peak_flops": peaks, "cpu_bf16_flags": cpu_bf16_support(),
+        "prompt": template.describe(), "gemm_peak_flops_median": {k: statistics.median(v) for k, v in peaks.items() if v}, "cpu_bf16_flags": cpu_bf16_support(),
         "sft_padding": {"real_tokens": padding["real"], "padded_tokens": padding["padded"],
                         "padding_fraction": 1 - padding["real"] / max(padding["padded"], 1),
                         "computed_tokens_shared_prefix": padding["computed_shared"]},
@@ -253,16 +257,20 @@ def bench_llm(data_path, model_path: str, settings: dict, rounds: int = 3, sft_s
     }
 
 
-def _rows(configs, rounds: dict, peaks: dict, stage: str) -> list[dict]:
+def _rows(configs, rounds: dict, stage: str) -> list[dict]:
+    """Medians over rounds; the MFU of a round is its achieved FLOP/s over the GEMM reference measured
+    just before it."""
     rows = []
     for cfg in configs:
         med = lambda key: statistics.median(x[key] / x["seconds"] for x in rounds[cfg])  # noqa: E731
         achieved = med("flops")
+        peak = statistics.median(x["gemm_peak"] for x in rounds[cfg])
+        mfu = statistics.median(x["flops"] / x["seconds"] / x["gemm_peak"] for x in rounds[cfg])
         rows.append({"stage": stage, "path": cfg.name, "dtype": cfg.dtype, "shared_prefix": cfg.shared_prefix,
                      "merged_adapters": cfg.merged, "batch_size": cfg.batch_size,
                      "prompt_tokens_per_s": med("tokens"), "computed_tokens_per_s": med("computed_tokens"),
-                     "achieved_gflop_per_s": achieved / 1e9, "gemm_peak_gflop_per_s": peaks[cfg.dtype] / 1e9,
-                     "mfu": achieved / peaks[cfg.dtype], "rounds": rounds[cfg]})
+                     "achieved_gflop_per_s": achieved / 1e9, "gemm_peak_gflop_per_s": peak / 1e9,
+                     "mfu": mfu, "rounds": rounds[cfg]})
     return rows
 
 
@@ -326,8 +334,11 @@ def _markdown(result: dict, command: str) -> str:
              f"`{command}`", "",
              f"Commit {result['git']['commit']}{' (with uncommitted changes)' if result['git']['dirty'] else ''}.", "",
              f"Machine: {result['machine']}, {result['cpu_count']} cores, torch {result['torch']}, "
-             f"{result['torch_threads']} torch thread(s); bfloat16 flags: {', '.join(result['cpu_bf16_flags']) or 'none'}. "
-             f"Medians over {result['rounds']} interleaved rounds in one process.", "",
+             f"{result['torch_threads']} torch thread(s); bfloat16 flags: {', '.join(result['cpu_bf16_flags']) or 'none'}."
+             + (f" Medians over {result['rounds']} interleaved rounds in one process; the GEMM reference "
+                f"is measured beside every configuration in every round." if result["rounds"] else ""), ""]
+    if result["rounds"]:
+        lines += [
              f"## User-level SFT ({result['sft_steps']} steps of {result['batch_size']} users per round)", "",
              pd.DataFrame(result["sft"])[cols].round(3).to_markdown(index=False), "",
              f"Padding of the stage's batches: {result['sft_padding']['padding_fraction']:.1%} of the padded "
@@ -368,8 +379,14 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model = str(convert_packaged(args.converted_dir)) if args.model == PACKAGED else args.model
     settings["model"] = args.model
-    result = bench_llm(args.data, model, settings, rounds=args.rounds, sft_steps=args.sft_steps,
-                       extract_items=args.extract_items)
+    if args.rounds == 0:  # the fidelity check alone
+        if args.fidelity_steps is None:
+            raise P2RecError("--rounds 0 measures nothing without --fidelity-steps")
+        result = {"data": str(args.data), "rounds": 0, "cpu_bf16_flags": cpu_bf16_support(),
+                  **library_versions(torch.device("cpu"))}
+    else:
+        result = bench_llm(args.data, model, settings, rounds=args.rounds, sft_steps=args.sft_steps,
+                           extract_items=args.extract_items)
     if args.fidelity_steps is not None:
         result["fidelity"] = fidelity(args.fidelity_data or args.data, model, copy.deepcopy(settings),
                                       steps=args.fidelity_steps or None)
@@ -378,8 +395,9 @@ def run(args) -> dict:
     result["git"] = _git_state()
     if args.out:
         write_json(f"{args.out}.json", result)
-        flat = [{k: v for k, v in row.items() if k != "rounds"} for row in result["sft"] + result["extract"]]
-        write_text(f"{args.out}.csv", pd.DataFrame(flat).to_csv(index=False))
+        if result["rounds"]:
+            flat = [{k: v for k, v in row.items() if k != "rounds"} for row in result["sft"] + result["extract"]]
+            write_text(f"{args.out}.csv", pd.DataFrame(flat).to_csv(index=False))
         write_text(f"{args.out}.md", _markdown(result, command))
         print(f"-> {args.out}.json, .csv, .md")
     return result

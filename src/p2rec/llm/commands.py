@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--item-table", required=True)
     p.add_argument("--categories", required=True)
     p.add_argument("--g-u", default=None, help="g_u.npy (user mode)")
+    p.add_argument("--items", default=None, help="items file (item_id<TAB>text): the item texts of the prompt modes "
+                                                 "soft+text and text")
     p.add_argument("--model", required=True, help="hub id or folder of a causal LM")
     p.add_argument("--settings", type=json_arg, required=True, help="SFT settings (JSON)")
     p.add_argument("--out-dir", required=True)
@@ -39,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--item-table", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--settings", type=json_arg, required=True, help="extract settings (JSON)")
+    p.add_argument("--items", default=None, help="items file: needed where the fine-tuning's prompt mode showed "
+                                                 "item texts (the same file)")
     p.add_argument("--out-hidden", required=True)
     p.add_argument("--out-parsed", required=True)
     p.add_argument("--out-timing", required=True)
@@ -98,20 +102,24 @@ def _categories(args):
 
 
 def _sft(args):
+    from p2rec.llm.budget import plan_sft
     from p2rec.llm.sft import run_sft
 
-    timing = run_sft(args.mode, args.data, args.item_table, args.categories, args.model, args.settings, args.out_dir,
+    settings = plan_sft(args.mode, args.data, args.settings)  # the default budget resolved; a large cost logged
+    timing = run_sft(args.mode, args.data, args.item_table, args.categories, args.model, settings, args.out_dir,
                      g_u_path=args.g_u, checkpoint_every=args.checkpoint_every, threads=args.threads,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, items_path=args.items)
     print(json.dumps({k: timing[k] for k in ("samples", "tokens", "train_s", "tokens_per_s", "extrapolated")}))
 
 
 def _extract(args):
+    from p2rec.llm.budget import log_extract_estimate
     from p2rec.llm.extract import extract_items
 
+    log_extract_estimate(args.item_table, args.settings)
     timing = extract_items(args.adapter, args.item_table, args.model, args.settings, args.out_hidden, args.out_parsed,
                            args.out_timing, batch_size=args.batch_size, threads=args.threads,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, items_path=args.items)
     print(json.dumps({k: timing[k] for k in ("items", "tokens", "extract_s", "tokens_per_s")}))
 
 

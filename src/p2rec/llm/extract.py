@@ -1,17 +1,19 @@
 """Information augmentation (METHOD.md 4, stage 2): every item alone through the fine-tuned LLM.
 
 Each item is a "virtual user" with one item, in the same template the fine-tuning used (read from the
-adapter folder). The last-position hidden state of each item is kept (row i = item i, row 0 = padding
+adapter folder): its prompt mode, and in the text modes the item texts it saw (the items file whose
+sha256 the adapter records; another file is refused). The last-position hidden state of each item is kept (row i = item i, row 0 = padding
 zeros), and the head's argmax on it is the LLM's parsed category of the item (entry 0 = -1).
 
 Speed without changing the states beyond float tolerance: the LoRA adapters are merged into the weights
 once (one matmul per projection instead of three), the instruction prefix runs once per batch
-(``llm.shared_prefix``), and items are batched in order of prompt length (``text`` mode prompts differ
+(``llm.shared_prefix``), and items are batched in order of prompt length (prompts in the text modes differ
 in length), so batches carry little padding.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,9 +22,10 @@ import torch
 from tqdm import tqdm
 
 from p2rec import P2RecError
-from p2rec.io import save_npy, write_json
+from p2rec.io import save_npy, sha256_file, write_json
 from p2rec.llm.categories import load_item_table
 from p2rec.llm.loading import library_versions, peak_memory_mb, precision_record
+from p2rec.llm.prompt import prompt_needs_items
 from p2rec.llm.sft import MODULES_FILE, TEMPLATE_FILE, build_model, load_trained_modules, progress_options
 
 
@@ -33,10 +36,33 @@ def read_template(adapter: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def template_item_texts(adapter: Path, meta: dict, items_path: str | Path | None, num_items: int) -> list[str] | None:
+    """The item texts the fine-tuning showed: read from ``items_path`` where the adapter's prompt mode shows
+    texts and it was trained with an items file (the same file: its sha256 must match), else None."""
+    if not prompt_needs_items(meta.get("mode", "soft")):
+        return None
+    recorded = meta.get("items_sha256")
+    if recorded is None:  # text mode trained without texts: items written as item_<id>, as in the fine-tuning
+        if items_path is not None:
+            print(f"p2rec extract: {adapter} was fine-tuned without item texts; {items_path} is not used",
+                  file=sys.stderr, flush=True)
+        return None
+    if items_path is None:
+        raise P2RecError(f"{adapter}: fine-tuned in prompt mode '{meta['mode']}' with item texts; extraction needs "
+                         f"the same items file (--items)")
+    if sha256_file(items_path) != recorded:
+        raise P2RecError(f"{items_path}: not the items file {adapter} was fine-tuned with (sha256 differs); "
+                         f"rerun the fine-tuning")
+    from p2rec.data.items import read_items
+
+    return read_items(items_path, num_items)
+
+
 @torch.no_grad()
 def extract_items(adapter: str | Path, item_table_path: str | Path, model_path: str, settings: dict,
                   out_hidden: str | Path, out_parsed: str | Path, out_timing: str | Path,
-                  batch_size: int = 256, threads: int = 0, progress: bool = True) -> dict:
+                  batch_size: int = 256, threads: int = 0, progress: bool = True,
+                  items_path: str | Path | None = None) -> dict:
     started = time.perf_counter()
     adapter = Path(adapter)
     if threads:
@@ -48,7 +74,8 @@ def extract_items(adapter: str | Path, item_table_path: str | Path, model_path: 
                attention=settings.get("attention", "auto"), shared_prefix=settings.get("shared_prefix", False))
     table = load_item_table(item_table_path, what="stage-0 item table")
     num_items = table.shape[0] - 1
-    model, device = build_model(model_path, sft, table, int(meta["k"]), adapter=adapter)
+    texts = template_item_texts(adapter, meta, items_path, num_items)
+    model, device = build_model(model_path, sft, table, int(meta["k"]), adapter=adapter, item_texts=texts)
     load_trained_modules(model, adapter)
     model.eval()
     model.llm.merge_adapter()  # inference only: W + BA once, instead of the adapter's extra matmuls per call
@@ -83,6 +110,7 @@ def extract_items(adapter: str | Path, item_table_path: str | Path, model_path: 
     timing = {"stage": "extract", "items": num_items, "tokens": tokens, "padded_tokens": padded,
               "padding_fraction": 1 - tokens / max(padded, 1), "computed_tokens": computed,
               "shared_prefix": model.shared_prefix, "adapters_merged": True, "extract_s": run_s,
+              "prompt_mode": model.template.mode, "tokens_per_item": tokens / max(num_items, 1),
               "tokens_per_s": tokens / max(run_s, 1e-9), "model_load_s": load_s,
               "wall_s": time.perf_counter() - started, "batch_size": batch_size, "hidden_size": d,
               "parsed_categories_used": int(len(np.unique(parsed[1:]))), "k": int(meta["k"]),

@@ -1,9 +1,18 @@
 """The prompt: an instruction in plain text, the user's items, a response marker (METHOD.md 4, step 3).
 
-In ``soft`` mode each item is one *soft token*: a trainable linear projection of its frozen stage-0
-item-table row into the LLM's embedding space, spliced into ``inputs_embeds`` at the item slots (no
-vocabulary growth, no item text). In ``text`` mode each item is written as ``item_1234`` and tokenised
-like ordinary text.
+Prompt modes (``llm.prompt.mode``, METHOD.md 4 step 3 and section 8):
+
+``soft``       each item is one *soft token*: a trainable linear projection of its frozen stage-0 item-table
+               row into the LLM's embedding space, spliced into ``inputs_embeds`` at the item slots (no
+               vocabulary growth, no item text). The default.
+``soft+text``  each soft token is followed by the item's text (`` <text>``, a leading space, tokenised like
+               ordinary text and cut to its first ``llm.prompt.text_tokens`` tokens); an item without text is
+               its soft token alone.
+``text``       text only: an item with text is `` <text>`` cut to ``text_tokens`` tokens, then ``;`` (the
+               boundary between items); an item without text (or every item, when no item texts are given)
+               is written ``item_1234``, the form this mode had before item texts existed.
+
+The item texts come from ``data/{dataset}/items.tsv`` (p2rec.data.items), a list indexed by item id.
 
 Batches are right-padded to their longest prompt; the hidden state is read at each prompt's last real
 position, so padding never changes a result.
@@ -25,8 +34,10 @@ import torch
 from torch import nn
 
 from p2rec import P2RecError
+from p2rec.llm.prompt_modes import DEFAULT_TEXT_TOKENS, PROMPT_MODES, TEXT_MODES, prompt_needs_items  # noqa: F401
 
-PROMPT_MODES = ("soft", "text")
+#: what follows an item's text in ``text`` mode (in ``soft+text`` the next soft token marks the boundary)
+TEXT_SEPARATOR = ";"
 
 
 @dataclass
@@ -54,35 +65,76 @@ class PromptBatch:
 class PromptTemplate:
     """Tokenises the fixed text once; builds batches of prompts for lists of item ids."""
 
-    def __init__(self, tokenizer, instruction: str, response: str, mode: str = "soft"):
+    def __init__(self, tokenizer, instruction: str, response: str, mode: str = "soft",
+                 item_texts: list[str] | None = None, text_tokens: int | None = None):
         if mode not in PROMPT_MODES:
             raise P2RecError(f"config key 'llm.prompt.mode': unknown mode '{mode}' ({', '.join(PROMPT_MODES)})")
+        if mode == "soft+text" and item_texts is None:
+            raise P2RecError("config key 'llm.prompt.mode': 'soft+text' shows item texts: the stage needs the "
+                             "dataset's items file (--items data/<dataset>/items.tsv)")
+        budget = DEFAULT_TEXT_TOKENS if text_tokens is None else int(text_tokens)
+        if budget < 1:
+            raise P2RecError(f"config key 'llm.prompt.text_tokens': must be >= 1, got {text_tokens}")
         self.mode = mode
         self.instruction = instruction
         self.response = response
         self.tokenizer = tokenizer
+        self.item_texts = item_texts if mode in TEXT_MODES else None
+        self.text_tokens = budget
         self.prefix = list(tokenizer(instruction, add_special_tokens=True)["input_ids"])
         self.suffix = list(tokenizer(response, add_special_tokens=False)["input_ids"])
         if not self.suffix:
             raise P2RecError("config key 'llm.prompt.response': the response marker must not be empty")
         self._text_ids: dict[int, list[int]] = {}
+        self._separator = (list(tokenizer(TEXT_SEPARATOR, add_special_tokens=False)["input_ids"])
+                           if mode == "text" else [])
+
+    @property
+    def uses_soft(self) -> bool:
+        """Whether the items enter as soft tokens (the stage-0 table and its projection are needed)."""
+        return self.mode in ("soft", "soft+text")
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "instruction": self.instruction, "response": self.response,
-                "prefix_tokens": len(self.prefix), "suffix_tokens": len(self.suffix)}
+        out = {"mode": self.mode, "instruction": self.instruction, "response": self.response,
+               "prefix_tokens": len(self.prefix), "suffix_tokens": len(self.suffix)}
+        if self.mode in TEXT_MODES:
+            out.update(text_tokens=self.text_tokens, item_texts=self.item_texts is not None)
+        return out
+
+    def _text_of(self, item: int) -> str:
+        if self.item_texts is None:
+            return ""
+        if not 0 <= item < len(self.item_texts):
+            raise P2RecError(f"item id {item} has no entry in the item texts (items 1..{len(self.item_texts) - 1}; "
+                             f"an items file of another dataset?)")
+        return self.item_texts[item]
 
     def item_text_ids(self, item: int) -> list[int]:
+        """The vocabulary tokens an item adds after its soft token (``soft+text``) or alone (``text``):
+        its text cut to ``text_tokens`` tokens; in ``text`` mode then the separator, or ``item_<id>`` for an
+        item without text. Nothing in ``soft`` mode."""
         ids = self._text_ids.get(item)
         if ids is None:
-            ids = list(self.tokenizer(f" item_{item}", add_special_tokens=False)["input_ids"])
+            ids = []
+            if self.mode in TEXT_MODES:
+                text = self._text_of(item)
+                if text:
+                    ids = list(self.tokenizer(f" {text}", add_special_tokens=False)["input_ids"])[:self.text_tokens]
+                    ids += self._separator
+                elif self.mode == "text":
+                    ids = list(self.tokenizer(f" item_{item}", add_special_tokens=False)["input_ids"])
             self._text_ids[item] = ids
         return ids
+
+    def item_length(self, item: int) -> int:
+        """Tokens one item takes in a prompt."""
+        return int(self.uses_soft) + len(self.item_text_ids(int(item)))
 
     def length(self, items) -> int:
         """Tokens of the prompt for ``items`` (used for batching by length and for token counts)."""
         if self.mode == "soft":
             return len(self.prefix) + len(items) + len(self.suffix)
-        return len(self.prefix) + sum(len(self.item_text_ids(int(i))) for i in items) + len(self.suffix)
+        return len(self.prefix) + sum(self.item_length(int(i)) for i in items) + len(self.suffix)
 
     def batch(self, item_lists) -> PromptBatch:
         rows_tok, rows_item = [], []
@@ -92,9 +144,16 @@ class PromptTemplate:
                 tok = self.prefix + [0] * len(items) + self.suffix
                 itm = [0] * len(self.prefix) + items + [0] * len(self.suffix)
             else:
-                body = [t for i in items for t in self.item_text_ids(i)]
-                tok = self.prefix + body + self.suffix
-                itm = [0] * len(tok)
+                tok, itm = list(self.prefix), [0] * len(self.prefix)
+                for i in items:
+                    if self.uses_soft:  # the item's soft slot, then its text
+                        tok.append(0)
+                        itm.append(i)
+                    text = self.item_text_ids(i)
+                    tok += text
+                    itm += [0] * len(text)
+                tok += self.suffix
+                itm += [0] * len(self.suffix)
             rows_tok.append(tok)
             rows_item.append(itm)
         lengths = [len(r) for r in rows_tok]
@@ -153,8 +212,8 @@ class PreferenceModel(nn.Module):
         self.template = template
         self.soft = soft
         self.head = nn.Linear(llm.config.hidden_size, k)
-        if template.mode == "soft" and soft is None:
-            raise P2RecError("soft prompt mode needs the stage-0 item table")
+        if template.uses_soft and soft is None:
+            raise P2RecError(f"prompt mode '{template.mode}' needs the stage-0 item table (soft tokens)")
         self.cache_keyword = cache_keyword(decoder)
         self.shared_prefix = bool(shared_prefix) and self.cache_keyword is not None and len(template.prefix) > 0
 
@@ -169,7 +228,7 @@ class PreferenceModel(nn.Module):
     def embed(self, batch: PromptBatch) -> torch.Tensor:
         embedding = self.decoder.get_input_embeddings()
         embeds = embedding(batch.token_ids)
-        if self.soft is not None and self.template.mode == "soft":
+        if self.soft is not None and self.template.uses_soft:
             soft = self.soft(batch.item_ids).to(embeds.dtype)
             embeds = torch.where(batch.soft_mask.unsqueeze(-1), soft, embeds)
         return embeds

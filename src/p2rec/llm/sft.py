@@ -1,9 +1,20 @@
 """LoRA fine-tuning of the LLM: user-level (P2Rec) and instance-level (the comparator), METHOD.md 4.
 
-user      one sample per user: the last ``max_items`` training items -> head output, MSE to g_u (or KL)
+user      one sample per user: the last ``max_items`` training items -> head output, MSE to g_u (or KL);
+          with ``min_window``, also one random sub-window of each user's window (below)
 instance  one sample per training prefix s_1..s_t (t >= 1) -> the category of s_{t+1}, K-way CE; where a
           full epoch does not fit, a seeded sample of ``instance.max_samples`` instances per epoch, and
           the full-epoch cost extrapolated from the measured throughput (labelled ``extrapolated``)
+
+Sub-windows (``llm.min_window``, METHOD.md 9; unset = none, the samples of the paper): for every user
+whose window (its last ``max_items`` training items, W of them) is longer than ``min_window``, one
+contiguous sub-window is added to the epoch: its length L uniform in ``min_window .. W - 1``, then its
+start uniform among the W - L + 1 positions inside the window. They are drawn once per run from
+``llm.seed`` (their own random stream; the same sub-windows in every epoch), after the full windows, so an
+epoch has ``users + users with W > min_window`` samples. A sub-window's target is derived from its own
+items as g_u is from the full window (``window_preference``, the arithmetic of
+p2rec.llm.categories.prior_preferences: the share of its items in each category), so a one-item window's
+target is its item's category.
 
 Both read only the training split. Trainable: LoRA adapters (peft), the soft-token projection, the head.
 Progress (samples, loss, tokens/s, ETA) via tqdm; a checkpoint every ``checkpoint_every`` optimiser steps
@@ -39,7 +50,7 @@ from p2rec.data.split import leave_one_out
 from p2rec.io import atomic_dir, atomic_path, sha256_file, write_json
 from p2rec.llm.categories import load_categories, load_item_table
 from p2rec.llm.loading import decoder_of, library_versions, load_causal_lm, peak_memory_mb, precision_record
-from p2rec.llm.prompt import PreferenceModel, PromptTemplate, SoftItemEncoder
+from p2rec.llm.prompt import PreferenceModel, PromptTemplate, SoftItemEncoder, prompt_needs_items
 
 MODULES_FILE = "p2rec_modules.pt"
 TEMPLATE_FILE = "p2rec_prompt.json"
@@ -48,17 +59,20 @@ TEMPLATE_FILE = "p2rec_prompt.json"
 # ----------------------------------------------------------------------------------------------- samples
 @dataclass
 class Samples:
-    """Training samples as index arrays: sample j shows ``train[user[j]][:end[j]][-max_items:]``."""
+    """Training samples as index arrays: sample j shows ``train[user[j]][:end[j]][-max_items:]``, or
+    ``train[user[j]][start[j]:end[j]]`` where ``start`` is given (sub-windows)."""
     user: np.ndarray  # row of the user in the split
     end: np.ndarray  # prefix length shown (user-level: the whole training sequence)
     max_items: int
+    start: np.ndarray | None = None  # first index shown; None = the last max_items before end
 
     def __len__(self) -> int:
         return len(self.user)
 
     def items(self, train: list[np.ndarray], j: int) -> np.ndarray:
         end = int(self.end[j])
-        return train[int(self.user[j])][max(0, end - self.max_items):end]
+        start = max(0, end - self.max_items) if self.start is None else int(self.start[j])
+        return train[int(self.user[j])][start:end]
 
 
 def user_samples(train: list[np.ndarray], max_items: int) -> Samples:
@@ -66,6 +80,44 @@ def user_samples(train: list[np.ndarray], max_items: int) -> Samples:
     users = np.array([u for u, s in enumerate(train) if len(s) >= 1], dtype=np.int64)
     ends = np.array([len(train[u]) for u in users], dtype=np.int64)
     return Samples(users, ends, max_items)
+
+
+#: the random stream of the sub-windows (beside the batch order's [seed, epoch] streams)
+SUBWINDOW_STREAM = 0x5357
+
+
+def subwindow_samples(train: list[np.ndarray], max_items: int, min_window: int, seed: int) -> Samples:
+    """One random contiguous sub-window per user whose window (last ``max_items`` training items) is longer
+    than ``min_window``: length uniform in min_window .. W - 1, start uniform inside the window (seeded)."""
+    if min_window < 1:
+        raise P2RecError(f"config key 'llm.min_window': must be >= 1, got {min_window}")
+    rng = np.random.default_rng([int(seed), SUBWINDOW_STREAM])
+    users, starts, ends = [], [], []
+    for u, seq in enumerate(train):
+        lo, hi = max(0, len(seq) - max_items), len(seq)  # the user's window: train[u][lo:hi]
+        width = hi - lo
+        if width <= min_window:
+            continue
+        length = int(rng.integers(min_window, width))  # min_window .. width - 1
+        start = lo + int(rng.integers(0, width - length + 1))
+        users.append(u)
+        starts.append(start)
+        ends.append(start + length)
+    as_array = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+    return Samples(as_array(users), as_array(ends), max_items, as_array(starts))
+
+
+def user_level_samples(train: list[np.ndarray], max_items: int, min_window: int | None = None,
+                       seed: int = 0) -> tuple[Samples, int]:
+    """The user-level epoch: every user's window, then (``min_window`` set) the sub-windows. Returns the
+    samples and how many of them are sub-windows (the last ones)."""
+    full = user_samples(train, max_items)
+    if min_window is None:
+        return full, 0
+    sub = subwindow_samples(train, max_items, int(min_window), seed)
+    starts = np.concatenate([np.maximum(full.end - max_items, 0), sub.start])
+    return Samples(np.concatenate([full.user, sub.user]), np.concatenate([full.end, sub.end]), max_items,
+                   starts), len(sub)
 
 
 def instance_count(train: list[np.ndarray]) -> int:
@@ -86,6 +138,18 @@ def instance_samples(train: list[np.ndarray], max_items: int) -> Samples:
     return Samples(np.concatenate(users), np.concatenate(ends), max_items)
 
 
+def window_preference(window: np.ndarray, categories: np.ndarray, k: int) -> np.ndarray:
+    """The category shares of a window's items, float32 [k]: what g_u is for a user's whole window
+    (p2rec.llm.categories.prior_preferences), for a sub-window."""
+    cats = categories[np.asarray(window, dtype=np.int64)]
+    if len(cats) == 0 or (cats < 0).any():
+        raise P2RecError(f"a sub-window with no items or an item outside the categorised table "
+                         f"({np.asarray(window)[:5].tolist()})")
+    out = np.zeros(k, dtype=np.float32)
+    out[:] = np.bincount(cats, minlength=k)[:k] / len(cats)
+    return out
+
+
 def instance_target(train: list[np.ndarray], samples: Samples, j: int) -> int:
     """The next training item after the prefix of sample ``j``."""
     return int(train[int(samples.user[j])][int(samples.end[j])])
@@ -102,7 +166,8 @@ def budget_indices(total: int, max_samples: int | None, seed: int) -> np.ndarray
 
 
 def subset(samples: Samples, idx: np.ndarray) -> Samples:
-    return Samples(samples.user[idx], samples.end[idx], samples.max_items)
+    return Samples(samples.user[idx], samples.end[idx], samples.max_items,
+                   None if samples.start is None else samples.start[idx])
 
 
 def extrapolate(measured_samples: int, measured_tokens: int, seconds: float, full_samples: int,
@@ -140,15 +205,18 @@ def lora_config(settings: dict):
                       target_modules=lora["target_modules"], bias="none")
 
 
-def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, k: int, adapter: str | Path | None = None):
-    """The LLM with LoRA (new, or loaded from ``adapter``), the soft-token projection and the head."""
+def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, k: int, adapter: str | Path | None = None,
+                item_texts: list[str] | None = None):
+    """The LLM with LoRA (new, or loaded from ``adapter``), the soft-token projection and the head.
+    ``item_texts`` (indexed by item id) feed the text prompt modes."""
     from peft import PeftModel, get_peft_model
 
     llm, tokenizer, device = load_causal_lm(model_path, settings["dtype"], settings["device"],
                                             settings.get("attention", "auto"))
     decoder = decoder_of(llm)
     prompt = settings["prompt"]
-    template = PromptTemplate(tokenizer, prompt["instruction"], prompt["response"], prompt["mode"])
+    template = PromptTemplate(tokenizer, prompt["instruction"], prompt["response"], prompt["mode"],
+                              item_texts=item_texts, text_tokens=prompt.get("text_tokens"))
     for p in llm.parameters():
         p.requires_grad_(False)
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in v5
@@ -162,9 +230,9 @@ def build_model(model_path: str, settings: dict, item_table: np.ndarray | None, 
         else:
             peft_model = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
     soft = None
-    if template.mode == "soft":
+    if template.uses_soft:
         if item_table is None:
-            raise P2RecError("soft prompt mode needs the stage-0 item table")
+            raise P2RecError(f"prompt mode '{template.mode}' needs the stage-0 item table")
         soft = SoftItemEncoder(item_table, llm.config.hidden_size)
         soft.match_scale(decoder.get_input_embeddings().weight)
     model = PreferenceModel(peft_model, decoder, template, soft, k, settings.get("shared_prefix", False))
@@ -326,14 +394,16 @@ def shared_train_step(model: PreferenceModel, optimizer, params: list[torch.nn.P
 def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categories_path: str | Path,
             model_path: str, settings: dict, out_dir: str | Path, g_u_path: str | Path | None = None,
             checkpoint_every: int = 100, threads: int = 0, progress: bool = True,
-            on_step: Callable[[int], None] | None = None) -> dict:
+            on_step: Callable[[int], None] | None = None, items_path: str | Path | None = None) -> dict:
     """Fine-tune; write ``out_dir/adapter/`` and ``out_dir/timing.json``; return the timing record.
 
+    ``items_path``: the dataset's items file, read where the prompt mode shows item texts (``soft+text``
+    needs it; ``text`` without it writes every item as ``item_<id>``); ignored in ``soft`` mode.
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 writes the outputs."""
     ddp = distributed_from_env()
     try:
         return _run_sft(mode, data_path, item_table_path, categories_path, model_path, settings, out_dir, g_u_path,
-                        checkpoint_every, threads, progress, on_step, ddp)
+                        checkpoint_every, threads, progress, on_step, ddp, items_path)
     finally:
         if ddp is not None:
             import torch.distributed as dist
@@ -342,8 +412,21 @@ def run_sft(mode: str, data_path: str | Path, item_table_path: str | Path, categ
                 dist.destroy_process_group()
 
 
+def read_item_texts(items_path: str | Path | None, prompt_mode: str, num_items: int) -> tuple[list[str] | None, str | None]:
+    """The item texts a prompt mode shows (None where it shows none, or no file is given) and the file's
+    sha256 (recorded with the adapter, so that extraction uses the texts the fine-tuning saw)."""
+    if prompt_mode == "soft+text" and items_path is None:
+        raise P2RecError("config key 'llm.prompt.mode': 'soft+text' shows item texts: give the dataset's items file "
+                         "(--items data/<dataset>/items.tsv)")
+    if items_path is None or not prompt_needs_items(prompt_mode):
+        return None, None
+    from p2rec.data.items import read_items
+
+    return read_items(items_path, num_items), sha256_file(items_path)
+
+
 def _run_sft(mode, data_path, item_table_path, categories_path, model_path, settings, out_dir, g_u_path,
-             checkpoint_every, threads, progress, on_step, ddp: Distributed | None) -> dict:
+             checkpoint_every, threads, progress, on_step, ddp: Distributed | None, items_path=None) -> dict:
     started = time.perf_counter()
     main = ddp is None or ddp.main
     out_dir = Path(out_dir)
@@ -362,9 +445,16 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
         raise P2RecError(f"{categories_path}: category ids up to {categories.max()} but llm.k = {k}")
     max_items = int(settings["max_items"])
     inputs = [Path(data_path), Path(item_table_path), Path(categories_path)]
+    item_texts, items_sha = read_item_texts(items_path, settings["prompt"]["mode"], data.num_items)
+    if item_texts is not None:
+        inputs.append(Path(items_path))
+    min_window = settings.get("min_window") if mode == "user" else None
+    if min_window is not None and not 1 <= int(min_window) <= max_items:
+        raise P2RecError(f"config key 'llm.min_window': {min_window} is outside 1..llm.max_items ({max_items})")
+    subwindows = 0
 
     if mode == "user":
-        samples = user_samples(train, max_items)
+        samples, subwindows = user_level_samples(train, max_items, min_window, int(settings["seed"]))
         if g_u_path is None:
             raise P2RecError("user-level SFT needs g_u (--g-u)")
         if not Path(g_u_path).exists():
@@ -373,7 +463,13 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
         if g_u.shape != (len(train), k) or not np.isfinite(g_u).all():
             raise P2RecError(f"{g_u_path}: g_u has shape {g_u.shape} (or non-finite values), expected "
                              f"({len(train)}, {k}) finite")
-        targets_user = torch.as_tensor(g_u, dtype=torch.float32)
+        # one target per sample: g_u of the user's window; a sub-window's from its own items
+        targets_user = torch.as_tensor(g_u, dtype=torch.float32)[torch.as_tensor(samples.user)]
+        if subwindows:
+            first = len(samples) - subwindows
+            sub = np.stack([window_preference(samples.items(train, j), categories, k)
+                            for j in range(first, len(samples))])
+            targets_user = torch.cat([targets_user[:first], torch.as_tensor(sub)])
         inputs.append(Path(g_u_path))
         full = samples
         chosen = samples
@@ -390,10 +486,10 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
     np.random.seed(int(settings["seed"]) % 2**32)
     load_t0 = time.perf_counter()
     if ddp is None:
-        model, device = build_model(model_path, settings, table, k)
+        model, device = build_model(model_path, settings, table, k, item_texts=item_texts)
     else:
         device_name = _start_process_group(ddp, settings["device"])
-        model, device = build_model(model_path, dict(settings, device=device_name), table, k)
+        model, device = build_model(model_path, dict(settings, device=device_name), table, k, item_texts=item_texts)
     load_s = time.perf_counter() - load_t0
     template = model.template
     lengths = np.array([template.length(chosen.items(train, j)) for j in range(len(chosen))], dtype=np.int64)
@@ -465,7 +561,7 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
             if len(mine):
                 item_lists = [chosen.items(train, int(j)) for j in mine]
                 batch = template.batch(item_lists).to(device)
-                target = targets_user[chosen.user[mine]] if mode == "user" else targets_inst[mine]
+                target = targets_user[mine] if mode == "user" else targets_inst[mine]
             else:  # a global batch smaller than the number of ranks
                 batch, target = None, None
             t0 = time.perf_counter()
@@ -515,12 +611,15 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
         "full_epoch": {"samples": len(full), "tokens": full_tokens},
         "extrapolated": sampled,
         "users": len(train), "k": k, "max_items": max_items, "model": settings["model"], "model_path": str(model_path),
-        "prompt": template.describe(), "device": str(device), **precision_record(model.llm, device),
+        "prompt": template.describe(), "prompt_mode": template.mode,
+        "tokens_per_sample": state["tokens"] / max(state["samples"], 1), "device": str(device), **precision_record(model.llm, device),
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss",
         "resumed_from_step": resumed_from, "history": state["history"], **library_versions(device),
     }
     if ddp is not None:  # samples and tokens above are summed over the ranks
         timing["world_size"] = ddp.world
+    if min_window is not None:
+        timing.update(min_window=int(min_window), subwindows_per_epoch=subwindows)
     if sampled:
         timing["full_epoch"] = {**extrapolate(per_epoch_samples * epochs, state["tokens"], state["train_s"],
                                               len(full), full_tokens), "extrapolated": True}
@@ -528,7 +627,10 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
         timing["full_epoch"]["wall_s"] = state["train_s"] / epochs
         timing["full_epoch"]["extrapolated"] = False
     if main:
-        save_trained(model, out_dir / "adapter", settings, {"users": len(train), "samples_per_epoch": per_epoch_samples})
+        extra = {"users": len(train), "samples_per_epoch": per_epoch_samples}
+        if prompt_needs_items(template.mode):  # the texts extraction must show (None: items written as item_<id>)
+            extra["items_sha256"] = items_sha
+        save_trained(model, out_dir / "adapter", settings, extra)
     timing["wall_s"] = state["wall_s_before"] + time.perf_counter() - started
     timing["sessions"] = state["sessions"]
     if main:

@@ -16,7 +16,8 @@ from p2rec.report.runs import EXTRACT_TIMING, Grid, read_json_or_empty
 RUN_TIMING_KEYS = [("epochs", "epochs"), ("best_epoch", "best epoch"), ("seconds_per_epoch", "s/epoch"),
                    ("eval_seconds_per_pass", "eval s/pass"), ("train_seconds", "train s"),
                    ("test_eval_seconds", "test eval s"), ("total_seconds", "total s")]
-SFT_TIMING_KEYS = [("samples", "samples"), ("tokens", "tokens"), ("train_s", "train s"),
+SFT_TIMING_KEYS = [("prompt_mode", "prompt"), ("samples", "samples"), ("tokens", "tokens"),
+                   ("tokens_per_sample", "tokens/sample"), ("train_s", "train s"), ("wall_s", "wall s"),
                    ("tokens_per_s", "tokens/s"), ("s_per_sample", "s/sample"),
                    ("epoch_samples", "epoch samples"), ("epoch_tokens", "epoch tokens"),
                    ("epoch_wall_s", "epoch wall s"), ("extrapolated", "extrapolated"),
@@ -38,6 +39,10 @@ def sft_timing_record(path: str | os.PathLike) -> dict:
     seconds = data.get("train_s", data.get("wall_s"))
     if "s_per_sample" not in record and isinstance(seconds, (int, float)) and data.get("samples"):
         record["s_per_sample"] = seconds / data["samples"]
+    if "tokens_per_sample" not in record and isinstance(data.get("tokens"), (int, float)) and data.get("samples"):
+        record["tokens_per_sample"] = data["tokens"] / data["samples"]
+    if "prompt_mode" not in record and isinstance(data.get("prompt"), dict) and data["prompt"].get("mode"):
+        record["prompt_mode"] = data["prompt"]["mode"]  # timing files written before prompt_mode was recorded
     full = data.get("full_epoch") if isinstance(data.get("full_epoch"), dict) else {}
     record["epoch_samples"] = full.get("samples", data.get("samples"))
     record["epoch_tokens"] = full.get("tokens", data.get("tokens"))
@@ -171,8 +176,9 @@ def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str
         parts.append("(no successful runs)")
     if len(sft):
         parts += ["", "## LLM fine-tuning (SFT)", "",
-                  "Table: SFT cost per dataset and variant, from the SFT timing files: samples, tokens, train s, "
-                  "tokens/s and s/sample as measured; epoch columns = the cost of one full epoch (extrapolated "
+                  "Table: SFT cost per dataset and variant, from the SFT timing files: prompt (the prompt mode), "
+                  "samples, tokens, tokens/sample, train s (optimiser steps), wall s (the whole job), tokens/s and "
+                  "s/sample as measured; epoch columns = the cost of one full epoch (extrapolated "
                   f"from the measured throughput where marked); x {treatment} = epoch wall time relative to "
                   f"'{treatment}' on the same dataset.", ""]
         cols = [(k, label) for k, label in SFT_TIMING_KEYS if k in sft.columns]

@@ -119,7 +119,10 @@ def pipeline_config(config: dict, pipeline: str) -> dict:
     llm = out.setdefault("llm", {})
     llm.update(seed=seed, kmeans_seed=seed)
     llm["instance"] = {**(llm.get("instance") or {}), "sample_seed": seed}
-    for override in (llm.get("dataset_overrides") or {}).values():  # a dataset's override must not undo it
+    variant_llm = [entry["llm"] for entry in (out.get("variant_catalog") or {}).values()
+                   if isinstance(entry, dict) and isinstance(entry.get("llm"), dict)]
+    # neither a dataset's override nor an LLM variant's may undo it
+    for override in [*(llm.get("dataset_overrides") or {}).values(), *variant_llm]:
         for key in ("seed", "kmeans_seed"):
             (override or {}).pop(key, None)
         if isinstance((override or {}).get("instance"), dict):
@@ -133,18 +136,36 @@ def _stage_settings(config: dict, stage: str, dataset: str, variant: str, hidden
 
     if stage == "pretrain":
         return {"settings": llm.pretrain_settings(config, dataset), "seed": config["pretrain"]["seed"]}
+    # an LLM variant's stages run with its own llm overrides (variant_catalog.<name>.llm; none for p2rec and
+    # instance, whose settings are the experiment's)
     if stage == "categories":
-        return llm.categories_settings(config, dataset)
+        return llm.categories_settings(config, dataset, variant)
     if stage == "sft":
-        if variant not in llm.SFT_MODE:
-            raise P2RecError(f"config key 'variant_catalog.{variant}.lineage': 'sft' needs the variant to be one of "
-                             f"the SFT outputs ({', '.join(sorted(llm.SFT_MODE))})")
-        return llm.sft_settings(config, dataset, llm.SFT_MODE[variant])
+        if not llm.variant_sft_mode(config, variant):
+            raise P2RecError(f"config key 'variant_catalog.{variant}.lineage': 'sft' needs an LLM variant (one that "
+                             f"declares 'sft: user' or 'sft: instance', or p2rec / instance)")
+        return llm.variant_sft_settings(config, dataset, variant)
     if stage == "extract":
-        return llm.extract_settings(config, dataset)
+        return llm.extract_settings(config, dataset, variant)
     if stage == "reduce":
         return llm.reduce_settings(hidden)
+    if stage == "items":  # the item text: its catalog keys (never part of the sequence data's identity)
+        from p2rec.data.item_sources import item_settings
+
+        return item_settings(config["catalog"][dataset])
+    if stage == "text_init":
+        from p2rec.baselines.text_init import text_init_settings
+
+        return text_init_settings(config)
     raise P2RecError(f"unknown lineage stage {stage!r}")
+
+
+def data_identity(entry: dict) -> dict:
+    """A catalog entry less what does not shape the sequence data: its training overrides and its item text
+    (``items``, ``items_from``; a variant that reads the text names the ``items`` stage in its lineage)."""
+    from p2rec.data.item_sources import ITEM_KEYS
+
+    return {k: v for k, v in entry.items() if k != "train" and k not in ITEM_KEYS}
 
 
 def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: int) -> dict:
@@ -173,7 +194,7 @@ def run_lineage(config: dict, dataset: str, backbone: str, variant: str, seed: i
         else:
             versions[stage] = stage_version(stage)
         upstream[stage] = _stage_settings(upstream_config, stage, dataset, variant, hidden)
-    data = {k: v for k, v in config["catalog"][dataset].items() if k != "train"}
+    data = data_identity(config["catalog"][dataset])
     payload = {"run": {"dataset": dataset, "backbone": backbone, "variant": variant, "seed": int(seed)},
                "data": data, "settings": settings, "pipeline": pipeline if upstream else None, "item_init": config["variant_catalog"][variant].get("item_init"),
                "upstream": upstream, "code_versions": versions}

@@ -106,14 +106,34 @@ def stage0_timing_files(config: dict) -> list[str]:
 
 
 def llm_variants(config: dict) -> list[str]:
-    from p2rec.llm.settings import SFT_MODE
+    """The configured variants that fine-tune the LLM (p2rec, instance, and catalog entries with ``sft``)."""
+    from p2rec.llm.settings import variant_sft_mode
 
-    return [v for v in config["variants"] if v in SFT_MODE]
+    return [v for v in config["variants"] if variant_sft_mode(config, v)]
 
 
 def parse_eval_files(config: dict) -> list[str]:
+    """The parse evaluation of every configured LLM variant, and its evaluation against the real item
+    categories where the dataset has them (``items_from``; rules/items.smk)."""
     return [_record(config, f"llm/{report_pipeline(config, d)}/{d}/{v}/parse_eval.json", variant_restored(config, d, v))
-            for d in config["datasets"] for v in llm_variants(config)]
+            for d in config["datasets"] for v in llm_variants(config)] + attribute_eval_files(config)
+
+
+def attribute_eval_files(config: dict) -> list[str]:
+    """Parsed and k-means categories against the dataset's real categories, for datasets with ``items_from``.
+    A restored variant's record is used where it was published; none is computed for it otherwise (that
+    would need its LLM stages)."""
+    out = []
+    for d in config["datasets"]:
+        if not (config["catalog"][d].get("items_from")):
+            continue
+        for v in llm_variants(config):
+            rel = f"llm/{report_pipeline(config, d)}/{d}/{v}/attribute_eval.json"
+            restored = variant_restored(config, d, v)
+            if restored and not (Path(published_root(config)) / rel).is_file():
+                continue
+            out.append(_record(config, rel, restored))
+    return out
 
 
 def table_files() -> list[str]:

@@ -30,6 +30,9 @@ STAGE_ENTRIES = {
     "reduce": ["p2rec.llm.reduce"],
     "convert": ["p2rec.llm.loading"],
     "parse": ["p2rec.llm.categories"],
+    "attribute_eval": ["p2rec.llm.attribute_eval"],
+    "items": ["p2rec.data.item_sources"],  # item text and categories (prepare-items)
+    "text_init": ["p2rec.baselines.text_init"],  # the text_init baseline's embeddings
     # RecBole runs: the adapter and the worker RecBole's interpreter runs as a file (so imported by nobody)
     "recbole": ["p2rec.bench.recbole_runs", "p2rec.bench.recbole_worker"],
 }
