@@ -48,7 +48,8 @@ def _status(args):
     for e in entries:
         total += e["runs"]
         current += e["current"]
-        made = (e["manifest"] or {}).get("command", "archive (no MANIFEST)")
+        made = (e["manifest"] or {}).get("command") or (f"{e['note']} (README.md)" if e.get("note") else
+                                                         "archive (no MANIFEST)")
         print(f"{e['experiment']:<28} {e['runs']:>6} {e['current']:>8} {e['runs'] - e['current']:>6}  {made}")
         if args.verbose:
             for run, stages in sorted(e["stale"].items()):

@@ -386,8 +386,13 @@ def experiment_status(folder: Path) -> dict:
         if stages:
             stale[str(run.relative_to(folder))] = stages
     manifest = read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    # a folder of another kind (benchmark tables: each file names its own command and commit) says what it
+    # holds in the first line of its README.md
+    readme = folder / "README.md"
+    note = readme.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip() if (
+        manifest is None and not runs and readme.is_file()) else None
     return {"experiment": folder.name, "runs": len(runs), "current": len(runs) - len(stale), "stale": stale,
-            "manifest": manifest}
+            "manifest": manifest, "note": note}
 
 
 def results_status(results_dir: str | os.PathLike) -> list[dict]:
@@ -405,7 +410,7 @@ def write_index(results_dir: str | os.PathLike, index_path: str | os.PathLike) -
              "| folder | what it holds | runs (current / all) | made by | commit | date |", "|---|---|---|---|---|---|"]
     for entry in results_status(results_dir):
         m = entry["manifest"] or {}
-        what = m.get("description") or "archive (no MANIFEST; see docs/history.md)"
+        what = m.get("description") or entry.get("note") or "archive (no MANIFEST; see docs/history.md)"
         command = f"`{m['command']}`" if m.get("command") else "-"
         lines.append(f"| [{entry['experiment']}/]({entry['experiment']}/) | {what} | {entry['current']} / "
                      f"{entry['runs']} | {command} | {str(m.get('git_commit', '-'))[:10]} | {m.get('date', '-')} |")
