@@ -233,3 +233,15 @@ def test_publish_takes_the_rules_input_paths_relative_to_the_experiment(config):
     assert experiment_relative(config, "results/main/llm/shared/x/p2rec/timing.json") == "llm/shared/x/p2rec/timing.json"
     assert experiment_relative(config, "tables/main.csv") == "tables/main.csv"
     assert experiment_relative(config, "work/mainly/x.json") == "work/mainly/x.json"  # another folder: as given
+
+
+def test_status_writes_the_index_and_names_a_benchmark_folder_by_its_readme(config, tmp_path, capsys):
+    results = tmp_path / "results"
+    _working_run(results / "main", "runs/synthetic/gru4rec/none/seed1", run_lineage(config, "synthetic", "gru4rec", "none", 1))
+    (results / "bench").mkdir(parents=True)
+    (results / "bench" / "README.md").write_text("# Benchmarks side by side\n\nmore\n")
+    assert cli(["status", "--results", str(results), "--write-index"]) == 0
+    out = capsys.readouterr().out
+    assert "Benchmarks side by side (README.md)" in out
+    index = (results / "INDEX.md").read_text()
+    assert "| [bench/](bench/) | Benchmarks side by side | 0 / 0 |" in index and "[main/](main/)" in index

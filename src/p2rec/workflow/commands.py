@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from p2rec.cli import json_arg
 
@@ -21,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--results", default="results", help="the published results folder (results)")
     p.add_argument("--verbose", action="store_true", help="list every stale run and its stale stages")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--write-index", action="store_true",
+                   help="also rewrite <results>/INDEX.md (as the publish rule does), e.g. after results came in by git")
     p.set_defaults(func=_status)
 
 
@@ -37,9 +40,11 @@ def _publish(args):
 
 
 def _status(args):
-    from p2rec.workflow.experiment import results_status
+    from p2rec.workflow.experiment import results_status, write_index
 
     entries = results_status(args.results)
+    if args.write_index:
+        write_index(args.results, Path(args.results) / "INDEX.md")
     if args.json:
         print(json.dumps(entries, indent=2, default=str))
         return 0
