@@ -86,7 +86,7 @@ def linear_weights(model) -> int:
 def forward_flops(model, batch, shared_prefix: bool) -> float:
     """Forward FLOPs of one batch: 2 x linear weights per computed position, plus the attention products."""
     cfg = model.llm.config
-    weights = linear_weights(model)
+    weights = linear_weights(model)  # outside the timed region
     layers, width = cfg.num_hidden_layers, cfg.hidden_size
     flops = 0.0
     n_prefix = len(model.template.prefix)
@@ -399,5 +399,5 @@ def run(args) -> dict:
             flat = [{k: v for k, v in row.items() if k != "rounds"} for row in result["sft"] + result["extract"]]
             write_text(f"{args.out}.csv", pd.DataFrame(flat).to_csv(index=False))
         write_text(f"{args.out}.md", _markdown(result, command))
-        print(f"-> {args.out}.json, .csv, .md")
+        print(f"-> {args.out}.json{', .csv' if result['rounds'] else ''}, .md")
     return result

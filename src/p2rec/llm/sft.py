@@ -48,7 +48,7 @@ from p2rec import P2RecError
 from p2rec.data.sequences import read_sequences
 from p2rec.data.split import leave_one_out
 from p2rec.io import atomic_dir, atomic_path, sha256_file, write_json
-from p2rec.llm.categories import load_categories, load_item_table
+from p2rec.llm.categories import load_categories, load_item_table, prior_preferences
 from p2rec.llm.loading import decoder_of, library_versions, load_causal_lm, peak_memory_mb, precision_record
 from p2rec.llm.prompt import PreferenceModel, PromptTemplate, SoftItemEncoder, prompt_needs_items
 
@@ -139,15 +139,11 @@ def instance_samples(train: list[np.ndarray], max_items: int) -> Samples:
 
 
 def window_preference(window: np.ndarray, categories: np.ndarray, k: int) -> np.ndarray:
-    """The category shares of a window's items, float32 [k]: what g_u is for a user's whole window
-    (p2rec.llm.categories.prior_preferences), for a sub-window."""
-    cats = categories[np.asarray(window, dtype=np.int64)]
-    if len(cats) == 0 or (cats < 0).any():
-        raise P2RecError(f"a sub-window with no items or an item outside the categorised table "
-                         f"({np.asarray(window)[:5].tolist()})")
-    out = np.zeros(k, dtype=np.float32)
-    out[:] = np.bincount(cats, minlength=k)[:k] / len(cats)
-    return out
+    """The category shares of a window's items, float32 [k]: g_u (``prior_preferences``) of a window alone."""
+    window = np.asarray(window, dtype=np.int64)
+    if len(window) == 0:
+        raise P2RecError("a sub-window with no items")
+    return prior_preferences([window], categories, k, len(window))[0]
 
 
 def instance_target(train: list[np.ndarray], samples: Samples, j: int) -> int:
@@ -467,8 +463,9 @@ def _run_sft(mode, data_path, item_table_path, categories_path, model_path, sett
         targets_user = torch.as_tensor(g_u, dtype=torch.float32)[torch.as_tensor(samples.user)]
         if subwindows:
             first = len(samples) - subwindows
-            sub = np.stack([window_preference(samples.items(train, j), categories, k)
-                            for j in range(first, len(samples))])
+            # sub-windows are never longer than max_items, so g_u's arithmetic over them is their own shares
+            sub = prior_preferences([samples.items(train, j) for j in range(first, len(samples))], categories, k,
+                                    max_items)
             targets_user = torch.cat([targets_user[:first], torch.as_tensor(sub)])
         inputs.append(Path(g_u_path))
         full = samples
