@@ -8,6 +8,7 @@ rule prepare_items:
     input:
         stats=W("data/{dataset}/stats.json"),
         truth=W("data/{dataset}/truth.tsv"),
+        sequences=W("data/{dataset}/sequences.txt"),
     output:
         text=W("data/{dataset}/items.tsv"),
         categories=W("data/{dataset}/item_categories.csv"),
@@ -15,6 +16,7 @@ rule prepare_items:
         # the item keys of the entry and its source only: editing the sequence file's keys never reruns this
         entry=lambda w: json.dumps(items_entry(config["catalog"][w.dataset]), sort_keys=True),
         data_dir=config["data_dir"],
+        raw_dir=config["raw_dir"],
         code_version=stage_version("items"),
     log:
         W("logs/prepare/{dataset}_items.log"),
@@ -22,6 +24,7 @@ rule prepare_items:
         CPU_ENV
     shell:
         "python -m p2rec prepare-items --name {wildcards.dataset} --entry {params.entry:q} --data-dir {params.data_dir:q}"
+        " --raw-dir {params.raw_dir:q}"
         " --prepared $(dirname {input.stats}) --out-items {output.text} --out-categories {output.categories}"
         " > {log} 2>&1"
 

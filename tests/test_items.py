@@ -186,6 +186,68 @@ def test_bad_items_file_through_the_catalog_and_no_source(tmp_path):
         run_prepare(tmp_path, "d", {"source": "sequences", "items": "gone.tsv"}, prepared_folder(tmp_path, 3))
 
 
+AMAZON_REVIEWS = REPO / "tests" / "fixtures" / "raw" / "amazon_reviews_5.json"  # 5-core keeps B00P1..B00P5 as items 1..5
+
+
+def amazon_raw(root: Path, metadata: str, **entry_keys) -> tuple[dict, Path]:
+    """A dataset prepared from the Amazon review fixture, with a metadata file in raw_dir."""
+    from p2rec.data.prepare import prepare_dataset
+
+    write(root / "raw" / "reviews.json", AMAZON_REVIEWS.read_bytes())
+    write(root / "raw" / "meta.json", metadata)
+    entry = {"source": "amazon-2014", "file": "reviews.json",
+             "items_from": {"format": "amazon-metadata", "metadata": "meta.json"}, **entry_keys}
+    prepare_dataset("beauty-raw", entry, root / "data", root / "raw", root / "prepared")
+    return entry, root / "prepared"
+
+
+AMAZON_META = (
+    "{'asin': 'B00P1', 'title': 'Rose Cream', 'brand': 'Acme', 'categories': [['Beauty', 'Skin Care', 'Face']]}\n"
+    '{"asin": "B00P2", "categories": [["Beauty", "Hair Care"]]}\n'
+    "{'asin': 'B00P9', 'title': 'not in the data'}\n"
+    "{'asin': 'B00P6', 'title': 'dropped by the 5-core filter', 'categories': [['Beauty', 'Tools']]}\n"
+    "{'asin': 'B00P3', 'title': 'Nail Polish', 'categories': [['Beauty', 'Makeup', 'Nails'], ['Beauty', 'Nail Care']]}\n"
+)
+
+
+def test_amazon_metadata_titles_joined_by_asin_to_data_prepared_from_reviews(tmp_path):
+    entry, prepared = amazon_raw(tmp_path, AMAZON_META)
+    info = prepare_items("beauty-raw", entry, tmp_path / "data", prepared, tmp_path / "out/items.tsv",
+                         tmp_path / "out/cats.csv", raw_dir=tmp_path / "raw")
+    texts = read_items(tmp_path / "out/items.tsv", 5)
+    # by hand: the review fixture numbers B00Pn as item n; 'Beauty' is every product's root and says nothing
+    assert texts[1:] == ["Rose Cream; brand: Acme; categories: Skin Care, Face", "categories: Hair Care",
+                         "Nail Polish; categories: Makeup, Nails, Nail Care", "", ""]
+    assert (tmp_path / "out/cats.csv").read_text() == "item,category\n1,Skin Care\n2,Hair Care\n3,Makeup\n"
+    assert info["items_with_text"] == 3 and info["categories"] == 3
+
+
+@pytest.mark.parametrize("metadata, entry_edit, message", [
+    (AMAZON_META + "{'asin': 'B00P1', 'title': 'again'}\n", {}, r"meta.json:6: duplicate asin 'B00P1' \(first on line 1\)"),
+    ("{'title': 'no asin'}\n", {}, r"meta.json:1: field 'asin' missing"),
+    ("{'asin': 'B00P1', 'categories': 'Beauty'}\n", {}, r"meta.json:1: field 'categories' must be a list"),
+    ("{'asin': 'B00P1', 'title': \n", {}, r"meta.json:1: not a JSON object"),
+    (AMAZON_META, {"items_from": {"format": "amazon-metadata", "metadata": "gone.json"}},
+     r"catalog.beauty-raw.items_from.metadata': file .*gone.json' not found \(relative to raw_dir"),
+    (AMAZON_META, {"core": 1}, r"sequences.txt: the review file .* no longer gives these sequences"),
+])
+def test_amazon_metadata_bad_inputs_name_file_and_line_and_write_nothing(tmp_path, metadata, entry_edit, message):
+    entry, prepared = amazon_raw(tmp_path, metadata)
+    with pytest.raises(P2RecError, match=message):
+        prepare_items("beauty-raw", {**entry, **entry_edit}, tmp_path / "data", prepared, tmp_path / "out/items.tsv",
+                      tmp_path / "out/cats.csv", raw_dir=tmp_path / "raw")
+    assert not (tmp_path / "out").exists()
+
+
+def test_amazon_metadata_needs_data_prepared_from_the_review_file(tmp_path):
+    spec = {"format": "amazon-metadata", "metadata": "meta.json"}
+    write(tmp_path / "raw/meta.json", AMAZON_META)
+    with pytest.raises(P2RecError, match=r"'amazon-metadata' joins by ASIN and needs a dataset prepared from the "
+                                         r"Amazon review file \(source 'amazon-2014'\), not 'sequences'"):
+        prepare_items("b", {"source": "sequences", "items_from": spec}, tmp_path / "data", prepared_folder(tmp_path, 5),
+                      tmp_path / "out/items.tsv", tmp_path / "out/cats.csv", raw_dir=tmp_path / "raw")
+
+
 def test_movielens_bad_lines_name_the_line(tmp_path):
     write(tmp_path / "data/ml/movies.dat", "1::Toy Story (1995)::Comedy\n2::Heat (1995)\n")
     write(tmp_path / "data/ml/ids.json", json.dumps({"1": 1}))

@@ -11,7 +11,8 @@ def register(sub) -> None:
     p.add_argument("--name", required=True, help="dataset name (catalog key)")
     p.add_argument("--entry", type=json_arg, required=True, help="the item keys of the catalog entry and its source (JSON)")
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--prepared", required=True, help="the dataset's prepared folder (stats.json, truth.tsv, item_map.csv)")
+    p.add_argument("--raw-dir", default="raw", help="folder of the original source files (amazon-metadata reads there)")
+    p.add_argument("--prepared", required=True, help="the dataset's prepared folder (stats.json, truth.tsv, item_map.csv, sequences.txt)")
     p.add_argument("--out-items", required=True)
     p.add_argument("--out-categories", required=True)
     p.set_defaults(func=_prepare_items)
@@ -28,7 +29,8 @@ def register(sub) -> None:
 def _prepare_items(args):
     from p2rec.data.item_sources import prepare_items
 
-    info = prepare_items(args.name, args.entry, args.data_dir, args.prepared, args.out_items, args.out_categories)
+    info = prepare_items(args.name, args.entry, args.data_dir, args.prepared, args.out_items, args.out_categories,
+                         raw_dir=args.raw_dir)
     print(json.dumps(info))
 
 

@@ -6,7 +6,8 @@ Where the text comes from is declared in the dataset's catalog entry (docs/data.
 * ``items_from``: the side information of a source, turned into text and one category per item:
   ``amazon-attributes`` (``<name>_item2attributes.json`` + ``attribute_id2name.json``: brand and category
   names), ``yelp-attributes`` (the same files: Yelp categories), ``movielens`` (``movies.dat``: title, year,
-  genres, joined through ``item2movieid.json``);
+  genres, joined through ``item2movieid.json``), ``amazon-metadata`` (a dataset prepared from the Amazon review
+  file: titles, brands and category paths from the 2014 metadata file, joined by ASIN, see ``p2rec.data.raw_items``);
 * neither, for a ``synthetic`` dataset: text derived from the planted categories ("an item of category 3").
 
 Ids are those of the prepared sequences; where preparation renumbered them (``item_map.csv`` beside
@@ -28,11 +29,12 @@ from p2rec.io import read_json, write_text
 #: catalog keys that declare item text; they never enter the identity of the sequence data (a run's lineage
 #: and the prepare rule's params): adding item text to a dataset does not make its runs stale
 ITEM_KEYS = ("items", "items_from")
-FORMATS = ("amazon-attributes", "yelp-attributes", "movielens")
+FORMATS = ("amazon-attributes", "yelp-attributes", "movielens", "amazon-metadata")
 #: an item's single category where the source gives several (docs/data.md): the first one listed (after the
 #: brand, for Amazon: the top of the category path), the one shared by most items, or by fewest
 CATEGORY_RULES = ("first", "most_common", "rarest")
-DEFAULT_CATEGORY = {"amazon-attributes": "first", "yelp-attributes": "most_common", "movielens": "first"}
+DEFAULT_CATEGORY = {"amazon-attributes": "first", "yelp-attributes": "most_common", "movielens": "first",
+                    "amazon-metadata": "first"}
 CATEGORIES_HEADER = "item,category"
 
 
@@ -42,7 +44,10 @@ def has_item_text(entry: dict) -> bool:
 
 
 def items_entry(entry: dict) -> dict:
-    """What ``prepare-items`` reads of a catalog entry: its source and its item keys."""
+    """What ``prepare-items`` reads of a catalog entry: its source and its item keys (for ``amazon-metadata``,
+    which rebuilds the ASIN map from the review file, the whole entry)."""
+    if (entry.get("items_from") or {}).get("format") == "amazon-metadata":
+        return dict(entry)
     return {"source": entry["source"], **{k: entry[k] for k in ITEM_KEYS if k in entry}}
 
 
@@ -51,12 +56,12 @@ def item_settings(entry: dict) -> dict:
     return {k: entry[k] for k in ITEM_KEYS if entry.get(k)} or {"source": entry.get("source")}
 
 
-def _data_path(value: str, data_dir: str | Path, key: str) -> Path:
+def _data_path(value: str, data_dir: str | Path, key: str, base: str = "data_dir") -> Path:
     path = Path(value)
     if not path.is_absolute():
         path = Path(data_dir) / path
     if not path.exists():
-        raise P2RecError(f"config key '{key}': file '{path}' not found (relative to data_dir '{data_dir}')")
+        raise P2RecError(f"config key '{key}': file '{path}' not found (relative to {base} '{data_dir}')")
     if not path.is_file():
         raise P2RecError(f"config key '{key}': '{path}' is not a regular file")
     return path
@@ -197,11 +202,36 @@ def from_movielens(spec: dict, data_dir, name: str) -> tuple[dict[int, str], dic
     return texts, _choose(cats, spec.get("category") or DEFAULT_CATEGORY["movielens"]), ids_path
 
 
+def from_amazon_metadata(spec: dict, entry: dict, raw_dir, name: str, prepared: Path
+                         ) -> tuple[dict[int, str], dict[int, str], Path]:
+    """A dataset prepared from the Amazon 2014 review file: each item's title, brand and category path from the
+    metadata file (``metadata``, relative to raw_dir like the review file), keyed by prepared item id.
+
+    The root of the category paths (the dataset's own category, e.g. 'Beauty', which every product lists) says
+    nothing and is left out; the first name after it is the item's category under the default rule."""
+    from p2rec.data.raw_items import amazon_item_ids, read_amazon_metadata
+
+    key = f"catalog.{name}.items_from.metadata"
+    path = _data_path(spec["metadata"], raw_dir, key, base="raw_dir")
+    ids = amazon_item_ids(entry, raw_dir, name, prepared / "sequences.txt")
+    meta = read_amazon_metadata(path, set(ids))
+    listed = [dict.fromkeys(m["categories"]) for m in meta.values()]
+    roots = set.intersection(*(set(c) for c in listed)) if listed else set()
+    texts, cats = {}, {}
+    for asin, m in meta.items():
+        categories = [c for c in dict.fromkeys(m["categories"]) if c not in roots]
+        parts = ([m["title"]] if m["title"] else []) + ([f"brand: {m['brand']}"] if m["brand"] else []) \
+            + ([f"categories: {', '.join(categories)}"] if categories else [])
+        texts[ids[asin]] = "; ".join(parts)
+        cats[ids[asin]] = categories
+    return texts, _choose(cats, spec.get("category") or DEFAULT_CATEGORY["amazon-metadata"]), path
+
+
 SOURCES = {"amazon-attributes": from_amazon_attributes, "yelp-attributes": from_yelp_attributes,
            "movielens": from_movielens}
-#: the files each format reads (catalog.<name>.items_from.<key>, relative to data_dir)
+#: the files each format reads (catalog.<name>.items_from.<key>; relative to data_dir, amazon-metadata's to raw_dir)
 FORMAT_FILES = {"amazon-attributes": ("attributes", "names"), "yelp-attributes": ("attributes", "names"),
-                "movielens": ("movies", "item_ids")}
+                "movielens": ("movies", "item_ids"), "amazon-metadata": ("metadata",)}
 
 
 def _to_items(values: dict[int, str], num_items: int, id_map: dict[int, int] | None, path: Path) -> dict[int, str]:
@@ -227,10 +257,11 @@ def read_prepared_truth(path: Path) -> dict[int, str]:
 
 
 def prepare_items(name: str, entry: dict, data_dir: str | Path, prepared: str | Path, out_items: str | Path,
-                  out_categories: str | Path) -> dict:
+                  out_categories: str | Path, raw_dir: str | Path = "raw") -> dict:
     """Write the prepared ``items.tsv`` and ``item_categories.csv`` of one dataset; returns a summary.
 
-    ``prepared`` is the dataset's prepared folder (``stats.json``, ``truth.tsv``, ``item_map.csv``)."""
+    ``prepared`` is the dataset's prepared folder (``stats.json``, ``truth.tsv``, ``item_map.csv``, and
+    ``sequences.txt``, which ``amazon-metadata`` checks its rebuilt ASIN map against)."""
     prepared = Path(prepared)
     try:
         stats = read_json(prepared / "stats.json")
@@ -249,7 +280,7 @@ def prepare_items(name: str, entry: dict, data_dir: str | Path, prepared: str | 
     elif entry.get("items_from"):
         spec = entry["items_from"]
         fmt = spec.get("format")
-        if fmt not in SOURCES:
+        if fmt not in FORMATS:
             raise P2RecError(f"config key 'catalog.{name}.items_from.format': unknown format {fmt!r} "
                              f"(known: {', '.join(FORMATS)})")
         missing = [k for k in FORMAT_FILES[fmt] if not spec.get(k)]
@@ -260,7 +291,11 @@ def prepare_items(name: str, entry: dict, data_dir: str | Path, prepared: str | 
         if rule is not None and rule not in CATEGORY_RULES:
             raise P2RecError(f"config key 'catalog.{name}.items_from.category': unknown rule {rule!r} "
                              f"(known: {', '.join(CATEGORY_RULES)})")
-        by_source, cats_by_source, path = SOURCES[fmt](spec, data_dir, name)
+        if fmt == "amazon-metadata":  # keyed by prepared item id already (joined by ASIN)
+            by_source, cats_by_source, path = from_amazon_metadata(spec, entry, raw_dir, name, prepared)
+            id_map = None
+        else:
+            by_source, cats_by_source, path = SOURCES[fmt](spec, data_dir, name)
         texts = [""] * (num_items + 1)
         for item, text in _to_items(by_source, num_items, id_map, path).items():
             texts[item] = clean_text(text)
