@@ -215,8 +215,9 @@ def from_amazon_metadata(spec: dict, entry: dict, raw_dir, name: str, prepared: 
     path = _data_path(spec["metadata"], raw_dir, key, base="raw_dir")
     ids = amazon_item_ids(entry, raw_dir, name, prepared / "sequences.txt")
     meta = read_amazon_metadata(path, set(ids))
-    listed = [dict.fromkeys(m["categories"]) for m in meta.values()]
-    roots = set.intersection(*(set(c) for c in listed)) if listed else set()
+    # the root: names every product that lists categories lists (a product without any does not clear it)
+    listed = [set(m["categories"]) for m in meta.values() if m["categories"]]
+    roots = set.intersection(*listed) if listed else set()
     texts, cats = {}, {}
     for asin, m in meta.items():
         categories = [c for c in dict.fromkeys(m["categories"]) if c not in roots]

@@ -50,11 +50,11 @@ def amazon_item_ids(entry: dict, raw_dir: str | Path, name: str, prepared_sequen
     return {asin: first_to_final[i] for asin, i in asin_to_first.items() if i in first_to_final}
 
 
-def _text_list(value, field: str, label: str) -> list[str]:
+def _text(value, field: str, label: str) -> str:
     if value is None:
-        return []
+        return ""
     if isinstance(value, str):
-        return [value]
+        return value.strip()
     raise P2RecError(f"{label}: field '{field}' has the invalid value {value!r:.80}")
 
 
@@ -80,8 +80,7 @@ def read_amazon_metadata(path: Path, wanted: set[str]) -> dict[str, dict]:
                                                       for p in paths):
                 raise P2RecError(f"{label}:{line_no}: field 'categories' must be a list of category paths "
                                  f"(lists of names), found {paths!r:.80}")
-            title = _text_list(record.get("title"), "title", f"{label}:{line_no}")
-            brand = _text_list(record.get("brand"), "brand", f"{label}:{line_no}")
-            out[asin] = {"title": title[0].strip() if title else "", "brand": brand[0].strip() if brand else "",
+            out[asin] = {"title": _text(record.get("title"), "title", f"{label}:{line_no}"),
+                         "brand": _text(record.get("brand"), "brand", f"{label}:{line_no}"),
                          "categories": [c.strip() for p in paths for c in p if c.strip()]}
     return out
