@@ -101,9 +101,9 @@ rule sft_efficiency_plot:
 rule calibration_table:
     input:
         runs=lambda w: [W(f"runs/{w.dataset}/{w.backbone}/{config['calibration']['method']}/seed{s}/metrics.json")
-                        for s in T.dataset_seeds(config, w.dataset)],
+                        for s in T.run_seeds(config, w.dataset, config["calibration"]["method"])],
         planted=lambda w: [W(f"runs/{w.dataset}/{w.backbone}/{config['calibration']['planted']}/seed{s}/metrics.json")
-                           for s in T.dataset_seeds(config, w.dataset)] if config["calibration"]["planted"] else [],
+                           for s in T.run_seeds(config, w.dataset, config["calibration"]["planted"])] if config["calibration"]["planted"] else [],
     output:
         csv=W("tables/calibration/{dataset}_{backbone}.csv"),
         md=W("tables/calibration/{dataset}_{backbone}.md"),

@@ -186,6 +186,31 @@ def test_restore_from_other_experiments_takes_the_first_matching_copy(config, tm
     assert not restore_roots(dict(config, experiment=dict(config["experiment"], restore_published=False)))
 
 
+
+def test_a_stage_record_of_runs_restored_from_another_experiment_comes_from_there(config, tmp_path, monkeypatch):
+    """Where every run of an LLM variant is restored from another experiment's folder, its stage records (SFT
+    timing, parse evaluation) are read from that folder, and publish copies them from there, instead of the
+    workflow recomputing the stages only to time them."""
+    from p2rec.workflow import targets
+    from p2rec.workflow.experiment import experiment_relative
+
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(config, datasets=["synthetic"], backbones=["gru4rec"], variants=["p2rec"], seeds=[1],
+               experiment=dict(config["experiment"], restore_published=True, restore_from=["other"]))
+    rel_run = "runs/synthetic/gru4rec/p2rec/seed1"
+    record = "llm/shared/synthetic/p2rec/parse_eval.json"
+    assert targets.parse_eval_files(cfg) == [f"work/main/{record}"]  # nothing restorable: computed here
+    _working_run(tmp_path / "results" / "other", rel_run, run_lineage(cfg, "synthetic", "gru4rec", "p2rec", 1))
+    assert targets.parse_eval_files(cfg) == [f"work/main/{record}"]  # restorable, but no record published there
+    (tmp_path / "results/other" / record).parent.mkdir(parents=True)
+    (tmp_path / "results/other" / record).write_text('{"ari": 0.5}')
+    assert targets.parse_eval_files(cfg) == [f"results/other/{record}"]
+    assert experiment_relative(cfg, f"results/other/{record}") == record
+    _working_run(tmp_path / "work" / "main", rel_run, run_lineage(cfg, "synthetic", "gru4rec", "p2rec", 1))
+    publish(cfg, [f"{rel_run}/{name}" for name in RUN_FILES] + [record], "results/main/MANIFEST.json",
+            "results/INDEX.md")
+    assert (tmp_path / "results/main" / record).read_text() == '{"ari": 0.5}'
+
 def test_status_counts_current_and_stale_runs(config, tmp_path, package_copy, capsys):
     current = run_lineage(config, "synthetic", "gru4rec", "none", 1)
     _working_run(tmp_path / "results" / "main", "runs/synthetic/gru4rec/none/seed1", current)

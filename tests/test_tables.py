@@ -619,6 +619,57 @@ def test_unpairable_runs_are_refused_naming_them(tmp_path):
         build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
 
 
+
+def test_variant_seeds_pair_a_costly_variant_on_the_seeds_it_ran(tmp_path):
+    """A variant declared on fewer seeds (variant_seeds) is compared over the seeds both sides ran: one shared
+    seed gives its effect over users only and no mark, while the other comparisons keep the seed-level test.
+    Undeclared, the same runs are refused as a mixed grid."""
+    from p2rec import P2RecError
+
+    paths = _simulated_grid(tmp_path / "runs", seeds=(1, 2, 3), one_seed=("p2rec",),
+                            effects={"none": 0.0, "cf_init": 0.02, "p2rec": 0.6})
+    grid = {"datasets": ["sim"], "backbones": ["sasrec"], "variants": ["none", "cf_init", "p2rec"], "seeds": [1, 2, 3]}
+    with pytest.raises(P2RecError, match=r"seeds \[1\] vs \[1, 2, 3\].*variant_seeds"):
+        build_tables(paths, tmp_path / "refused", {"grid": grid}, staleness=current)
+    # as the configured grid without the declaration, the two missing runs are failures
+    build_tables(paths, tmp_path / "missing", {"grid": grid}, grid_filter=True, staleness=current)
+    assert "p2rec: 2 of 3 seeds failed" in (tmp_path / "missing" / "main.md").read_text()
+    out = tmp_path / "tables"
+    build_tables(paths, out, {"grid": {**grid, "variant_seeds": {"p2rec": [1]}}, "report": {"bootstrap_samples": 200}},
+                 grid_filter=True, staleness=current)
+    sig = pd.read_csv(out / "verdict.csv").set_index(["metric", "treatment", "comparator"])
+    one = sig.loc[("ndcg@10", "p2rec", "none")]
+    assert one["test"] == "users only" and one["n_seeds"] == 1 and one["n_seeds_comparator"] == 3
+    assert str(one["seeds"]) == "1" and np.isnan(one["p_raw"]) and not one["significant"] and one["ci_low"] > 0
+    assert sig.loc[("ndcg@10", "cf_init", "none"), "df"] == 2
+    # the Holm family counts the tested comparisons only
+    assert (sig.loc["ndcg@10", "family_size"] == 1).all()
+    main = (out / "main.md").read_text()
+    assert "means over 3 seeds (1, 2, 3); p2rec on seed 1 only." in main and r"\*" not in main
+    long = pd.read_csv(out / "main.csv")
+    assert long.loc[long.variant == "p2rec", "n_seeds"].eq(1).all()
+    assert long.loc[long.variant == "none", "n_seeds"].eq(3).all()
+    # in configuration files: a subset of the grid's seeds, of a known variant
+    from p2rec.workflow.config import validate_config
+    from p2rec.workflow.seeds import check_variant_seeds, run_seeds
+    from p2rec.workflow.targets import run_files
+
+    raw = {**yaml.safe_load((REPO / "config.yaml").read_text()), "datasets": ["synthetic"], "backbones": ["sasrec"],
+           "variants": ["none", "p2rec"], "seeds": [1, 2]}
+    config = validate_config({**raw, "variant_seeds": {"p2rec": [2]}})
+    check_variant_seeds(config)
+    assert run_seeds(config, "synthetic", "p2rec") == [2] and run_seeds(config, "synthetic", "none") == [1, 2]
+    assert run_files(config, "metrics.json") == ["runs/synthetic/sasrec/none/seed1/metrics.json",
+                                                 "runs/synthetic/sasrec/none/seed2/metrics.json",
+                                                 "runs/synthetic/sasrec/p2rec/seed2/metrics.json"]
+    assert report_context(config)["grid"]["variant_seeds"] == {"p2rec": [2]}
+    with pytest.raises(P2RecError, match=r"variant_seeds\.nowhere': unknown variant"):
+        check_variant_seeds(validate_config({**raw, "variant_seeds": {"nowhere": [1]}}))
+    with pytest.raises(P2RecError, match=r"variant_seeds\.p2rec': seed\(s\) \[5\] not among the grid's seeds"):
+        check_variant_seeds(validate_config({**raw, "variant_seeds": {"p2rec": [5]}}))
+    with pytest.raises(P2RecError, match=r"variant_seeds\.p2rec"):  # the schema: a list of integers
+        validate_config({**raw, "variant_seeds": {"p2rec": []}})
+
 def test_runs_from_other_code_are_marked_with_a_dagger(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     paths = _simulated_grid(root, seeds=(1, 2))

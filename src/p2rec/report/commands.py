@@ -83,12 +83,12 @@ def in_grid(run_paths, sft_timings, grid: dict, stage0_timings=()) -> tuple[list
     from pathlib import Path
 
     from p2rec.report.runs import run_key
-    from p2rec.workflow.config import dataset_seeds
+    from p2rec.workflow.seeds import run_seeds
 
     datasets, variants = grid.get("datasets", []), grid.get("variants", [])
 
     def wanted(key: dict) -> bool:
-        return key["seed"] in dataset_seeds(grid, key["dataset"]) and \
+        return key["seed"] in run_seeds(grid, key["dataset"], key["variant"]) and \
             all(key[k] in grid.get(f"{k}s", []) for k in ("dataset", "backbone", "variant"))
 
     runs = [p for p in run_paths if wanted(run_key(p))]

@@ -249,6 +249,8 @@ def collect_runs(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, llm_di
 @dataclass
 class Cell:
     runs: list[Run]
+    #: the seeds the grid declares for this cell (build_grid with ``expect``); None = not known
+    declared: frozenset[int] | None = None
 
     @property
     def ok_runs(self) -> list[Run]:
@@ -305,7 +307,7 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
     """Group runs into cells, rows and columns in the order of ``order`` (datasets/backbones/variants/seeds
     lists; unnamed values follow in order of appearance). With ``expect`` the order is also the grid: every
     run it names that is absent becomes a failed 'not found' run, and runs it does not name are left out
-    (``order['dataset_seeds']`` gives a dataset seeds of its own).
+    (``order['dataset_seeds']`` gives a dataset seeds of its own, ``order['variant_seeds']`` a variant fewer).
     Without a variant order, ``ends`` = (baseline, treatment) puts the baseline first and the treatment last,
     the others alphabetically between them."""
     order = dict(order or {})
@@ -321,20 +323,23 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
         by_key[key] = run
     names = ("datasets", "backbones", "variants", "seeds")
     if expect:
-        from p2rec.workflow.config import dataset_seeds
+        from p2rec.workflow.seeds import run_seeds
 
         lists = [list(order.get(n, [])) for n in names[:3]]
         for d in lists[0]:
             for b in lists[1]:
                 for v in lists[2]:
-                    for s in dataset_seeds(order, d):
+                    for s in run_seeds(order, d, v):
                         by_key.setdefault((d, b, v, s), Run(d, b, v, s, Path(d, b, v, f"seed{s}"), status="failed",
                                                             reason="no result (metrics.json not found)"))
         by_key = {k: r for k, r in by_key.items()
-                  if all(k[i] in lists[i] for i in range(3)) and k[3] in dataset_seeds(order, k[0])}
+                  if all(k[i] in lists[i] for i in range(3)) and k[3] in run_seeds(order, k[0], k[2])}
     cells: dict[tuple[str, str, str], Cell] = {}
     for key in sorted(by_key, key=lambda k: k[3]):
         cells.setdefault(key[:3], Cell([])).runs.append(by_key[key])
+    if expect:
+        for (d, _, v), cell in cells.items():
+            cell.declared = frozenset(run_seeds(order, d, v))
     appearance = [list(dict.fromkeys(k[i] for k in by_key)) for i in range(3)]
     return Grid(*(_ordered(appearance[i], order.get(names[i])) for i in range(3)), cells)
 

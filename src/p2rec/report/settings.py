@@ -44,7 +44,8 @@ def report_context(config: dict) -> dict:
     """What the tables need from a (validated) workflow configuration: grid order, protocol, report, LLM."""
     return {
         "grid": {**{key: list(config[key]) for key in ("datasets", "backbones", "variants", "seeds")},
-                 "dataset_seeds": {d: list(s) for d, s in config.get("dataset_seeds", {}).items()}},
+                 "dataset_seeds": {d: list(s) for d, s in config.get("dataset_seeds", {}).items()},
+                 "variant_seeds": {v: list(s) for v, s in config.get("variant_seeds", {}).items()}},
         "eval": {k: config["eval"][k] for k in ("mode", "mask_history", "n_sampled") if k in config["eval"]},
         "report": report_settings(config.get("report")),
         "llm": config.get("llm") or {},

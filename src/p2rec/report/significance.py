@@ -83,15 +83,18 @@ def _names(runs) -> str:
 def paired_seeds(ct: Cell, cc: Cell) -> list[int]:
     """The seeds finished on both sides, after checking that the two cells can be paired at all: the same
     seeds (finished or failed), the same test users and the same dataset version in every finished run.
-    Anything else means runs of different grids or datasets were mixed: a P2RecError names them."""
+    Anything else means runs of different grids or datasets were mixed: a P2RecError names them. Two cells
+    whose seeds are exactly those the grid declares for them (variant_seeds) pair the seeds they share."""
     st, sc = {r.seed: r for r in ct.runs}, {r.seed: r for r in cc.runs}
-    if set(st) != set(sc):
+    declared = ct.declared is not None and cc.declared is not None and \
+        set(st) == ct.declared and set(sc) == cc.declared
+    if set(st) != set(sc) and not declared:
         only_t = [st[s] for s in sorted(set(st) - set(sc))]
         only_c = [sc[s] for s in sorted(set(sc) - set(st))]
         raise P2RecError(
             f"cannot pair {ct.runs[0].variant} with {cc.runs[0].variant} over seeds: seeds {sorted(st)} vs "
             f"{sorted(sc)}; without a counterpart: {_names(only_t + only_c)} (the same seeds must be run for "
-            "every variant of a dataset; dataset_seeds narrows a dataset's seeds)")
+            "every variant of a dataset; dataset_seeds narrows a dataset's seeds, variant_seeds a variant's)")
     finished = ct.ok_runs + cc.ok_runs
     if finished:
         ref = finished[0]

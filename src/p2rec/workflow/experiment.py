@@ -55,8 +55,9 @@ def restore_roots(config: dict) -> list[str]:
 
 
 def experiment_relative(config: dict, path: str) -> str:
-    """A file of the experiment relative to its working (or published) folder: where publish puts it."""
-    for root in (work_root(config), published_root(config)):
+    """A file of the experiment relative to its working (or published) folder, or to a published folder it
+    restores from: where publish puts it."""
+    for root in (work_root(config), published_root(config), *restore_roots(config)):
         if path.startswith(root + "/"):
             return path[len(root) + 1:]
     return path
@@ -76,6 +77,9 @@ def check_experiment(config: dict, workflow_dir: str | os.PathLike = ".") -> Non
         if variant is not None and variant not in config["variants"]:
             raise P2RecError(f"config key 'calibration.{key}': variant '{variant}' is not in the grid's variants "
                              f"({', '.join(config['variants'])})")
+    from p2rec.workflow.seeds import check_variant_seeds
+
+    check_variant_seeds(config)
     declared = config["experiment"].get("datasets")
     if declared is not None:
         for i, dataset in enumerate(config["datasets"]):
@@ -322,8 +326,11 @@ def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, in
     if previous is None and target.exists() and any(target.iterdir()):
         raise P2RecError(f"{target}: folder exists with files but no {MANIFEST}; it is not a published experiment "
                          f"(move it away, or choose another 'experiment.name' / 'results_dir')")
-    # a record restored from the published folder (experiment.restore_published) is kept from there
-    sources = {rel: work / rel if (work / rel).is_file() else target / rel for rel in files}
+    # a record restored from the published folder (experiment.restore_published) is kept from there, one
+    # restored from another experiment's (experiment.restore_from) is copied from that
+    roots = [target, *(Path(r) for r in restore_roots(config) if Path(r) != target)]
+    sources = {rel: next((root / rel for root in [work, *roots] if (root / rel).is_file()), target / rel)
+               for rel in files}
     missing = [rel for rel, src in sources.items() if not src.is_file()]
     if missing:
         raise P2RecError(f"publish '{name}': {len(missing)} file(s) missing under {work}, e.g. {missing[0]}")

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from p2rec.workflow.config import dataset_seeds, train_settings
-from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, published_root, restore_roots, run_lineage, run_restorable,
+from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, restore_roots, run_lineage, run_restorable,
                                        work_root)
+from p2rec.workflow.seeds import run_seeds
 
 from p2rec.report.files import PLOT_KINDS, TABLE_FILES  # names only: no statistics imported while parsing
 
@@ -27,7 +28,7 @@ def grid(config: dict, datasets: list[str] | None = None):
     for d in datasets or config["datasets"]:
         for b in config["backbones"]:
             for v in config["variants"]:
-                for s in dataset_seeds(config, d):
+                for s in run_seeds(config, d, v):
                     yield d, b, v, s
 
 
@@ -61,10 +62,16 @@ def variant_restored(config: dict, dataset: str, variant: str) -> bool:
     return bool(keys) and all(restorable(config, *k) for k in keys)
 
 
+def published_record(config: dict, rel: str) -> str | None:
+    """The first published copy of a stage record among the folders runs are restored from, if any."""
+    return next((f"{root}/{rel}" for root in restore_roots(config) if (Path(root) / rel).is_file()), None)
+
+
 def _record(config: dict, rel: str, restored: bool) -> str:
-    """A stage record: its published copy when restored (and present), else the working file."""
-    published = Path(published_root(config)) / rel
-    return str(published) if restored and published.is_file() else f"{work_root(config)}/{rel}"
+    """A stage record: its published copy when restored (from this experiment's folder or one it restores
+    from) and present, else the working file."""
+    published = published_record(config, rel) if restored else None
+    return published or f"{work_root(config)}/{rel}"
 
 
 def _template(template: str) -> str:
@@ -72,9 +79,11 @@ def _template(template: str) -> str:
     return template[len("results/"):] if template.startswith("results/") else template
 
 
-def report_pipeline(config: dict, dataset: str) -> str:
-    """Whose stage records the efficiency table shows: the shared stages, or (pipeline seeds) the first seed's."""
-    return pipeline_name(config, dataset_seeds(config, dataset)[0])
+def report_pipeline(config: dict, dataset: str, variant: str | None = None) -> str:
+    """Whose stage records the efficiency table shows: the shared stages, or (pipeline seeds) the first seed's
+    (of the variant's seeds where variant_seeds narrows them)."""
+    seeds = run_seeds(config, dataset, variant) if variant else dataset_seeds(config, dataset)
+    return pipeline_name(config, seeds[0])
 
 
 def llm_timing_files(config: dict, extraction: bool = False) -> list[str]:
@@ -83,7 +92,7 @@ def llm_timing_files(config: dict, extraction: bool = False) -> list[str]:
     template = settings["extract_timing"] if extraction else settings["sft_timing"]
     if not template:
         return []
-    return [_record(config, _template(template).format(dataset=d, variant=v, pipeline=report_pipeline(config, d)),
+    return [_record(config, _template(template).format(dataset=d, variant=v, pipeline=report_pipeline(config, d, v)),
                     variant_restored(config, d, v))
             for d in config["datasets"] for v in config["variants"] if v in settings["sft_variants"]]
 
@@ -115,7 +124,7 @@ def llm_variants(config: dict) -> list[str]:
 def parse_eval_files(config: dict) -> list[str]:
     """The parse evaluation of every configured LLM variant, and its evaluation against the real item
     categories where the dataset has them (``items_from``; rules/items.smk)."""
-    return [_record(config, f"llm/{report_pipeline(config, d)}/{d}/{v}/parse_eval.json", variant_restored(config, d, v))
+    return [_record(config, f"llm/{report_pipeline(config, d, v)}/{d}/{v}/parse_eval.json", variant_restored(config, d, v))
             for d in config["datasets"] for v in llm_variants(config)] + attribute_eval_files(config)
 
 
@@ -128,9 +137,9 @@ def attribute_eval_files(config: dict) -> list[str]:
         if not (config["catalog"][d].get("items_from")):
             continue
         for v in llm_variants(config):
-            rel = f"llm/{report_pipeline(config, d)}/{d}/{v}/attribute_eval.json"
+            rel = f"llm/{report_pipeline(config, d, v)}/{d}/{v}/attribute_eval.json"
             restored = variant_restored(config, d, v)
-            if restored and not (Path(published_root(config)) / rel).is_file():
+            if restored and not published_record(config, rel):
                 continue
             out.append(_record(config, rel, restored))
     return out
