@@ -637,6 +637,10 @@ def test_variant_seeds_pair_a_costly_variant_on_the_seeds_it_ran(tmp_path):
     out = tmp_path / "tables"
     build_tables(paths, out, {"grid": {**grid, "variant_seeds": {"p2rec": [1]}}, "report": {"bootstrap_samples": 200}},
                  grid_filter=True, staleness=current)
+    # as the workflow's gather gives them (exactly the grid's runs, no filter): the same verdict
+    build_tables(paths, tmp_path / "gathered", {"grid": {**grid, "variant_seeds": {"p2rec": [1]}},
+                                                "report": {"bootstrap_samples": 200}}, staleness=current)
+    assert (tmp_path / "gathered" / "verdict.csv").read_text() == (out / "verdict.csv").read_text()
     sig = pd.read_csv(out / "verdict.csv").set_index(["metric", "treatment", "comparator"])
     one = sig.loc[("ndcg@10", "p2rec", "none")]
     assert one["test"] == "users only" and one["n_seeds"] == 1 and one["n_seeds_comparator"] == 3

@@ -249,7 +249,7 @@ def collect_runs(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, llm_di
 @dataclass
 class Cell:
     runs: list[Run]
-    #: the seeds the grid declares for this cell (build_grid with ``expect``); None = not known
+    #: the seeds the grid declares for this cell (build_grid given the grid's seeds); None = not known
     declared: frozenset[int] | None = None
 
     @property
@@ -337,7 +337,9 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
     cells: dict[tuple[str, str, str], Cell] = {}
     for key in sorted(by_key, key=lambda k: k[3]):
         cells.setdefault(key[:3], Cell([])).runs.append(by_key[key])
-    if expect:
+    if order.get("seeds"):  # the grid's seeds are known: each cell's (variant_seeds may narrow them)
+        from p2rec.workflow.seeds import run_seeds
+
         for (d, _, v), cell in cells.items():
             cell.declared = frozenset(run_seeds(order, d, v))
     appearance = [list(dict.fromkeys(k[i] for k in by_key)) for i in range(3)]
