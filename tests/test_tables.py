@@ -567,6 +567,24 @@ def test_seed_level_marks_holm_within_families_and_the_verdict_table(tmp_path):
     assert "vs cf_init: effect [95% CI]" in verdict and "MDE" in verdict
 
 
+
+def test_extra_pairs_get_their_own_columns_in_the_verdict_table_and_count_in_holm(tmp_path):
+    """report.pairs (an ablation against P2Rec as published): a column group of its own in verdict.md, its
+    rows in verdict.csv, and one more test in each Holm family."""
+    out = tmp_path / "tables"
+    build_tables(_simulated_grid(tmp_path / "runs"), out, {"report": {"bootstrap_samples": 100,
+                 "pairs": [{"treatment": "cf_init", "comparator": "p2rec"}]}}, staleness=current)
+    sig = pd.read_csv(out / "verdict.csv")
+    assert (sig["family_size"] == 4).all()
+    row = sig[(sig.metric == "ndcg@10") & (sig.treatment == "cf_init") & (sig.comparator == "p2rec")].iloc[0]
+    assert row["effect"] < 0 and row["df"] == 3
+    verdict = (out / "verdict.md").read_text()
+    assert "| vs p2rec: effect [95% CI] |" in verdict
+    cf_row = next(line for line in verdict.splitlines() if line.startswith("| NDCG@10 | cf_init |"))
+    from p2rec.report.formatting import fmt_pct
+
+    assert fmt_pct(row["effect"]) in cf_row
+
 def test_a_one_seed_comparison_gets_its_effect_over_users_only_and_no_mark(tmp_path):
     out = tmp_path / "tables"
     paths = _simulated_grid(tmp_path / "runs", seeds=(1,), effects={"none": 0.0, "p2rec": 0.6})

@@ -269,9 +269,11 @@ def _decision(row: dict) -> str:
 
 def verdict_frames(verdicts: pd.DataFrame, grid: Grid, settings: dict) -> list[tuple[str, str, pd.DataFrame]]:
     """Per dataset x backbone, the verdict rows as strings: one row per metric and non-baseline variant,
-    effect vs the baseline and vs the control side by side."""
+    effect vs the baseline, vs the control and vs each other comparator of report.pairs side by side."""
     base, control = settings["baseline"], settings.get("control")
     comparators = [base] + ([control] if control and control != base and control in grid.variants else [])
+    comparators += list(dict.fromkeys(p["comparator"] for p in settings.get("pairs", [])
+                                      if p["comparator"] in grid.variants and p["comparator"] not in comparators))
     index = {(r["dataset"], r["backbone"], r["metric"], r["treatment"], r["comparator"]): r
              for r in verdicts.to_dict("records")}
     out = []
