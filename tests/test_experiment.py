@@ -186,7 +186,6 @@ def test_restore_from_other_experiments_takes_the_first_matching_copy(config, tm
     assert not restore_roots(dict(config, experiment=dict(config["experiment"], restore_published=False)))
 
 
-
 def test_a_stage_record_of_runs_restored_from_another_experiment_comes_from_there(config, tmp_path, monkeypatch):
     """Where every run of an LLM variant is restored from another experiment's folder, its stage records (SFT
     timing, parse evaluation) are read from that folder, and publish copies them from there, instead of the
@@ -210,6 +209,7 @@ def test_a_stage_record_of_runs_restored_from_another_experiment_comes_from_ther
     publish(cfg, [f"{rel_run}/{name}" for name in RUN_FILES] + [record], "results/main/MANIFEST.json",
             "results/INDEX.md")
     assert (tmp_path / "results/main" / record).read_text() == '{"ari": 0.5}'
+
 
 def test_status_counts_current_and_stale_runs(config, tmp_path, package_copy, capsys):
     current = run_lineage(config, "synthetic", "gru4rec", "none", 1)

@@ -567,7 +567,6 @@ def test_seed_level_marks_holm_within_families_and_the_verdict_table(tmp_path):
     assert "vs cf_init: effect [95% CI]" in verdict and "MDE" in verdict
 
 
-
 def test_extra_pairs_get_their_own_columns_in_the_verdict_table_and_count_in_holm(tmp_path):
     """report.pairs (an ablation against P2Rec as published): a column group of its own in verdict.md, its
     rows in verdict.csv, and one more test in each Holm family."""
@@ -584,6 +583,7 @@ def test_extra_pairs_get_their_own_columns_in_the_verdict_table_and_count_in_hol
     from p2rec.report.formatting import fmt_pct
 
     assert fmt_pct(row["effect"]) in cf_row
+
 
 def test_a_one_seed_comparison_gets_its_effect_over_users_only_and_no_mark(tmp_path):
     out = tmp_path / "tables"
@@ -635,7 +635,6 @@ def test_unpairable_runs_are_refused_naming_them(tmp_path):
     with pytest.raises(P2RecError, match=r"p2rec/seed3/ranks\.csv\.gz: per-user ranks missing for the finished run "
                                          r"sim/sasrec/p2rec/seed3"):
         build_tables(sorted(root.glob("*/*/*/seed*/metrics.json")), tmp_path / "t", staleness=current)
-
 
 
 def test_variant_seeds_pair_a_costly_variant_on_the_seeds_it_ran(tmp_path):
@@ -691,6 +690,7 @@ def test_variant_seeds_pair_a_costly_variant_on_the_seeds_it_ran(tmp_path):
         check_variant_seeds(validate_config({**raw, "variant_seeds": {"p2rec": [5]}}))
     with pytest.raises(P2RecError, match=r"variant_seeds\.p2rec"):  # the schema: a list of integers
         validate_config({**raw, "variant_seeds": {"p2rec": []}})
+
 
 def test_runs_from_other_code_are_marked_with_a_dagger(tmp_path, monkeypatch):
     root = tmp_path / "runs"

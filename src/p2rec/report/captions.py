@@ -123,9 +123,9 @@ def main_caption(context: dict, *, seeds: list[int] | dict[str, list[int]] | Non
         seeds = ({d: dataset_seeds(grid, d) for d in grid.get("datasets", [])} if grid.get("dataset_seeds")
                  else grid.get("seeds", []))
     metrics = ", ".join(metric_label(m) for m in table_metrics(s))
-    narrowed = {v: s for v, s in (context.get("grid", {}).get("variant_seeds") or {}).items() if v in variants}
-    fewer = "".join(f"; {v} on {'seeds' if len(s) > 1 else 'seed'} {', '.join(map(str, s))} only" for v, s in
-                    narrowed.items())
+    narrowed = {v: few for v, few in (context.get("grid", {}).get("variant_seeds") or {}).items() if v in variants}
+    fewer = "".join(f"; {v} on {'seeds' if len(few) > 1 else 'seed'} {', '.join(map(str, few))} only"
+                    for v, few in narrowed.items())
     parts = [f"Test {metrics} by dataset and backbone; one column per method variant; "
              f"means over {seeds_text(seeds)}{fewer}."]
     parts.append(protocol_text(evals if evals is not None else [context.get("eval", {})]))

@@ -321,10 +321,10 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
         if key in by_key:
             raise P2RecError(f"{run.path}: the same run is given twice ({by_key[key].path})")
         by_key[key] = run
+    from p2rec.workflow.seeds import run_seeds
+
     names = ("datasets", "backbones", "variants", "seeds")
     if expect:
-        from p2rec.workflow.seeds import run_seeds
-
         lists = [list(order.get(n, [])) for n in names[:3]]
         for d in lists[0]:
             for b in lists[1]:
@@ -338,8 +338,6 @@ def build_grid(runs: list[Run], order: dict | None = None, expect: bool = False,
     for key in sorted(by_key, key=lambda k: k[3]):
         cells.setdefault(key[:3], Cell([])).runs.append(by_key[key])
     if order.get("seeds"):  # the grid's seeds are known: each cell's (variant_seeds may narrow them)
-        from p2rec.workflow.seeds import run_seeds
-
         for (d, _, v), cell in cells.items():
             cell.declared = frozenset(run_seeds(order, d, v))
     appearance = [list(dict.fromkeys(k[i] for k in by_key)) for i in range(3)]

@@ -54,6 +54,11 @@ def restore_roots(config: dict) -> list[str]:
     return own + [f"{config['results_dir']}/{name}" for name in experiment.get("restore_from") or []]
 
 
+def published_record(config: dict, rel: str) -> str | None:
+    """The first published copy of a stage record among the folders runs are restored from, if any."""
+    return next((f"{root}/{rel}" for root in restore_roots(config) if (Path(root) / rel).is_file()), None)
+
+
 def experiment_relative(config: dict, path: str) -> str:
     """A file of the experiment relative to its working (or published) folder, or to a published folder it
     restores from: where publish puts it."""
@@ -328,9 +333,13 @@ def publish(config: dict, files: list[str], manifest_path: str | os.PathLike, in
                          f"(move it away, or choose another 'experiment.name' / 'results_dir')")
     # a record restored from the published folder (experiment.restore_published) is kept from there, one
     # restored from another experiment's (experiment.restore_from) is copied from that
-    roots = [target, *(Path(r) for r in restore_roots(config) if Path(r) != target)]
-    sources = {rel: next((root / rel for root in [work, *roots] if (root / rel).is_file()), target / rel)
-               for rel in files}
+    def source(rel: str) -> Path:
+        for path in (work / rel, target / rel):
+            if path.is_file():
+                return path
+        return Path(published_record(config, rel) or target / rel)
+
+    sources = {rel: source(rel) for rel in files}
     missing = [rel for rel, src in sources.items() if not src.is_file()]
     if missing:
         raise P2RecError(f"publish '{name}': {len(missing)} file(s) missing under {work}, e.g. {missing[0]}")

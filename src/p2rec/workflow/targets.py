@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from p2rec.workflow.config import dataset_seeds, train_settings
-from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, restore_roots, run_lineage, run_restorable,
-                                       work_root)
+from p2rec.workflow.experiment import (RUN_FILES, pipeline_name, published_record, restore_roots, run_lineage,
+                                       run_restorable, work_root)
 from p2rec.workflow.seeds import run_seeds
 
 from p2rec.report.files import PLOT_KINDS, TABLE_FILES  # names only: no statistics imported while parsing
@@ -60,11 +60,6 @@ def variant_restored(config: dict, dataset: str, variant: str) -> bool:
     """Every configured run of this dataset and variant comes from the published folder."""
     keys = [k for k in grid(config, [dataset]) if k[2] == variant]
     return bool(keys) and all(restorable(config, *k) for k in keys)
-
-
-def published_record(config: dict, rel: str) -> str | None:
-    """The first published copy of a stage record among the folders runs are restored from, if any."""
-    return next((f"{root}/{rel}" for root in restore_roots(config) if (Path(root) / rel).is_file()), None)
 
 
 def _record(config: dict, rel: str, restored: bool) -> str:
