@@ -44,6 +44,7 @@ rule paper_tables:
         verdict_csv=W("tables/verdict.csv"),
         verdict_tex=W("tables/verdict.tex"),
     params:
+        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
         context=lambda w: json.dumps(REPORT_CONTEXT, sort_keys=True),  # a function: its braces are no wildcards
         caption=lambda w: rst_escape(main_caption(REPORT_CONTEXT)),
         out_dir=lambda w, output: str(Path(output.main_csv).parent),
@@ -69,6 +70,7 @@ rule dataset_plots:
                                category="{dataset}", labels={"figure": "convergence"}),
         convergence_pdf=W("plots/{dataset}/convergence.pdf"),
     params:
+        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
         context=lambda w: json.dumps(PLOT_CONTEXT, sort_keys=True),
         out_dir=lambda w, output: str(Path(output.scores_png).parent.parent),
     log:
@@ -87,6 +89,7 @@ rule sft_efficiency_plot:
                    category="Efficiency", labels={"figure": "SFT cost"}),
         pdf=W("plots/sft_efficiency.pdf"),
     params:
+        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
         out_dir=lambda w, output: str(Path(output.png).parent),
     log:
         W("logs/plots/sft_efficiency.log"),
@@ -108,6 +111,7 @@ rule calibration_table:
         csv=W("tables/calibration/{dataset}_{backbone}.csv"),
         md=W("tables/calibration/{dataset}_{backbone}.md"),
     params:
+        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
         alpha=lambda w: config["calibration"]["alpha"],
         max_splits=lambda w: config["calibration"]["max_splits"],
         seed=config["report"]["seed"],

@@ -64,6 +64,15 @@ def test_editing_the_sft_makes_sft_extraction_and_their_runs_stale(config, packa
     assert versions.stale_stages(plain) == [] and versions.stale_stages(cf) == []
 
 
+def test_editing_the_report_code_changes_the_report_version_and_makes_no_run_stale(config, package_copy):
+    llm = run_lineage(config, "synthetic", "gru4rec", "p2rec", 1)["code_versions"]
+    before = versions.stage_version("report")
+    _edit(package_copy / "report" / "significance.py")  # imported by the tables, not by any stage
+    assert versions.stage_version("report") != before  # the tables' rerun trigger moves
+    assert versions.stale_stages(llm) == []
+    assert "report" not in llm  # no run's lineage holds it
+
+
 def test_lineage_changes_with_upstream_settings_only_where_used(config):
     base = {v: run_lineage(config, "synthetic", "gru4rec", v, 1)["lineage"] for v in ("none", "cf_init", "p2rec")}
     config["llm"]["lr"] = 0.001

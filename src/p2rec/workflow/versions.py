@@ -35,6 +35,9 @@ STAGE_ENTRIES = {
     "text_init": ["p2rec.baselines.text_init"],  # the text_init baseline's embeddings
     # RecBole runs: the adapter and the worker RecBole's interpreter runs as a file (so imported by nobody)
     "recbole": ["p2rec.bench.recbole_runs", "p2rec.bench.recbole_worker"],
+    # tables, plots and the calibration table: no run depends on them (so no run goes stale), but the rules
+    # that build them take this version as a param, so editing the report code rebuilds the tables
+    "report": ["p2rec.report.tables", "p2rec.report.plots", "p2rec.report.calibration"],
 }
 #: never part of a stage's version (see the module docstring)
 _EXCLUDED = {"p2rec", "p2rec.cli", "p2rec.commands", "p2rec.__main__"}
