@@ -286,6 +286,20 @@ def test_wall_time_per_dataset_sums_every_stage_from_its_timing_file(tables):
     assert "## Wall time per dataset" in (tables / "efficiency.md").read_text()
 
 
+def test_with_pipeline_seeds_the_efficiency_captions_say_the_stage_records_are_the_first_seeds(tables, tmp_path):
+    from p2rec.report.efficiency import PIPELINE_SEEDS_NOTE
+
+    assert PIPELINE_SEEDS_NOTE not in (tables / "efficiency.md").read_text()  # shared stages: nothing to say
+    build_tables(fixture_metrics(), tmp_path, {**CONTEXT, "pipeline_seeds": True},
+                 sft_timings=sorted(FIXTURES.glob("llm/*/*/*.json")),
+                 stage0_timings=[FIXTURES / "pretrain/toy/run/timing.json"], staleness=current)
+    text = (tmp_path / "efficiency.md").read_text()
+    assert text.count(PIPELINE_SEEDS_NOTE) == 2  # the SFT table and the wall-time table
+    assert "counts stage 0, the SFT and the extraction once, not once per seed" in text
+    assert report_context(yaml.safe_load((REPO / "experiments" / "beauty-pipeline-seeds.yaml").read_text())
+                          | {"eval": {}, "report": {}})["pipeline_seeds"] is True
+
+
 def test_new_variants_appear_without_code_change_and_collect_rebuilds(tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(RUNS, runs)

@@ -144,7 +144,12 @@ WALL_TIME_COLUMNS = [("stage0_s", "stage 0 s"), ("sft_jobs", "SFT jobs"), ("sft_
                      ("total_s", "total s"), ("total_h", "total h")]
 
 
-def render_wall_time(wall: pd.DataFrame) -> str:
+# with pipeline seeds the workflow hands the tables the first seed's stage records (targets.report_pipeline)
+PIPELINE_SEEDS_NOTE = ("With pipeline seeds every run seed has its own stage 0, categories, SFT and extraction; "
+                       "the stage records here are the first seed's, and the other seeds' stages ran as well.")
+
+
+def render_wall_time(wall: pd.DataFrame, pipeline_seeds: bool = False) -> str:
     shown = wall[["dataset"]].copy()
     for key, label in WALL_TIME_COLUMNS:
         shown[label] = wall[key].map(lambda x: "" if x is None or pd.isna(x) else
@@ -155,12 +160,14 @@ def render_wall_time(wall: pd.DataFrame) -> str:
         "recommender), the SFT jobs and the embedding extractions (wall seconds of each job) and the successful "
         "backbone runs (seconds inside the trainer). Total = their sum: the time of one worker running the jobs "
         "one after the other (jobs that ran at once overlapped in wall-clock time); the k-means and PCA steps "
-        "(seconds each) are not included. Empty = no timing file given for that stage.", "",
+        "(seconds each) are not included. Empty = no timing file given for that stage."
+        + (f" {PIPELINE_SEEDS_NOTE} So the total counts stage 0, the SFT and the extraction once, not once per "
+           "seed." if pipeline_seeds else ""), "",
         shown.to_markdown(index=False)])
 
 
 def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str = "p2rec",
-                      wall: pd.DataFrame | None = None) -> str:
+                      wall: pd.DataFrame | None = None, pipeline_seeds: bool = False) -> str:
     parts = ["## Downstream training", "",
              "Table: Backbone training per run, means over seeds (seconds measured inside the trainer; "
              "s/epoch = training time per epoch without evaluation).", ""]
@@ -180,7 +187,7 @@ def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str
                   "samples, tokens, tokens/sample, train s (optimiser steps), wall s (the whole job), tokens/s and "
                   "s/sample as measured; epoch columns = the cost of one full epoch (extrapolated "
                   f"from the measured throughput where marked); x {treatment} = epoch wall time relative to "
-                  f"'{treatment}' on the same dataset.", ""]
+                  f"'{treatment}' on the same dataset." + (f" {PIPELINE_SEEDS_NOTE}" if pipeline_seeds else ""), ""]
         cols = [(k, label) for k, label in SFT_TIMING_KEYS if k in sft.columns]
         shown = sft[["dataset", "variant"]].copy()
         for k, label in cols:
@@ -192,7 +199,7 @@ def render_efficiency(run_table: pd.DataFrame, sft: pd.DataFrame, treatment: str
                 for d, w in zip(sft["dataset"], sft["epoch_wall_s"])]
         parts.append(shown.to_markdown(index=False))
     if wall is not None and len(wall):
-        parts += ["", render_wall_time(wall)]
+        parts += ["", render_wall_time(wall, pipeline_seeds)]
     return "\n".join(parts) + "\n"
 
 

@@ -49,6 +49,8 @@ def report_context(config: dict) -> dict:
         "eval": {k: config["eval"][k] for k in ("mode", "mask_history", "n_sampled") if k in config["eval"]},
         "report": report_settings(config.get("report")),
         "llm": config.get("llm") or {},
+        # the efficiency captions say whose stage records they show when every seed has its own stages
+        "pipeline_seeds": bool(config.get("pipeline_seeds", False)),
     }
 
 

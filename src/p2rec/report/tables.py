@@ -107,7 +107,8 @@ def build_tables(metrics_paths, out_dir: str | os.PathLike, context: dict | None
     write_text(out / "robustness.tex", rob_tex)
     write_csv(rob, out / "robustness.csv")
     run_eff, sft_eff, wall = efficiency_tables(grid, sft_timings, stage0_timings)
-    write_text(out / "efficiency.md", render_efficiency(run_eff, sft_eff, settings["treatment"], wall))
+    write_text(out / "efficiency.md", render_efficiency(run_eff, sft_eff, settings["treatment"], wall,
+                                                         pipeline_seeds=bool(context.get("pipeline_seeds"))))
     parts = [run_eff.assign(stage="train")] + ([sft_eff.assign(stage="sft")] if len(sft_eff) else []) \
         + ([wall.assign(stage="total")] if len(wall) else [])
     write_csv(pd.concat(parts, ignore_index=True), out / "efficiency.csv")
