@@ -73,6 +73,17 @@ def test_editing_the_report_code_changes_the_report_version_and_makes_no_run_sta
     assert "report" not in llm  # no run's lineage holds it
 
 
+def test_the_manifest_command_names_the_slice_of_a_narrowed_grid(config):
+    from p2rec.workflow.experiment import canonical_command
+
+    paper = {**config, **yaml.safe_load((REPO / "experiments" / "paper.yaml").read_text())}
+    base = "snakemake --cores all --configfile experiments/paper.yaml"
+    assert canonical_command(paper, REPO) == base
+    assert canonical_command({**paper, "train": {**paper["train"], "threads": 1}}, REPO) == base  # runtime only
+    narrowed = {**paper, "datasets": ["beauty"], "variants": ["none", "cf_init"]}
+    assert canonical_command(narrowed, REPO) == base + """ --config 'datasets=["beauty"]' 'variants=["none","cf_init"]'"""
+
+
 def test_lineage_changes_with_upstream_settings_only_where_used(config):
     base = {v: run_lineage(config, "synthetic", "gru4rec", v, 1)["lineage"] for v in ("none", "cf_init", "p2rec")}
     config["llm"]["lr"] = 0.001

@@ -102,9 +102,25 @@ def export_package_path(workflow_dir) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])
 
 
-def canonical_command(config: dict) -> str:
+#: the grid keys a command line may narrow (``--config 'datasets=["beauty"]'``); the manifest names them
+GRID_KEYS = ("datasets", "backbones", "variants", "seeds", "dataset_seeds", "variant_seeds")
+
+
+def canonical_command(config: dict, root: str | os.PathLike = ".") -> str:
+    """The command that regenerates this publish: the experiment's config file, plus a ``--config`` for each
+    grid key that differs from what ``config.yaml`` and the experiment file declare (a slice of the grid).
+    Runtime overrides (threads, devices) are left out: they change no result."""
+    import yaml
+
     name = experiment_name(config)
-    return f"snakemake --cores all --configfile experiments/{name}.yaml"
+    command = f"snakemake --cores all --configfile experiments/{name}.yaml"
+    declared: dict = {}
+    for path in (Path(root) / "config.yaml", Path(root) / "experiments" / f"{name}.yaml"):
+        if path.is_file():
+            declared.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    narrowed = [f"'{key}={json.dumps(config[key], separators=(',', ':'))}'" for key in GRID_KEYS
+                if key in config and key in declared and config[key] != declared[key]]
+    return " ".join([command, "--config", *narrowed]) if narrowed else command
 
 
 # ------------------------------------------------------------------------------------------------ pipeline seeds
