@@ -7,6 +7,8 @@ from p2rec.report.settings import report_context
 
 
 REPORT_CONTEXT = report_context(config)
+# a param of every rule below: an edit of the report code rebuilds their outputs (no run depends on it)
+REPORT_CODE_VERSION = stage_version("report")
 # the plots see only what they draw: a caption or alpha edit never redraws them
 PLOT_CONTEXT = {
     "grid": REPORT_CONTEXT["grid"],
@@ -44,7 +46,7 @@ rule paper_tables:
         verdict_csv=W("tables/verdict.csv"),
         verdict_tex=W("tables/verdict.tex"),
     params:
-        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
+        code_version=REPORT_CODE_VERSION,
         context=lambda w: json.dumps(REPORT_CONTEXT, sort_keys=True),  # a function: its braces are no wildcards
         caption=lambda w: rst_escape(main_caption(REPORT_CONTEXT)),
         out_dir=lambda w, output: str(Path(output.main_csv).parent),
@@ -70,7 +72,7 @@ rule dataset_plots:
                                category="{dataset}", labels={"figure": "convergence"}),
         convergence_pdf=W("plots/{dataset}/convergence.pdf"),
     params:
-        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
+        code_version=REPORT_CODE_VERSION,
         context=lambda w: json.dumps(PLOT_CONTEXT, sort_keys=True),
         out_dir=lambda w, output: str(Path(output.scores_png).parent.parent),
     log:
@@ -89,7 +91,7 @@ rule sft_efficiency_plot:
                    category="Efficiency", labels={"figure": "SFT cost"}),
         pdf=W("plots/sft_efficiency.pdf"),
     params:
-        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
+        code_version=REPORT_CODE_VERSION,
         out_dir=lambda w, output: str(Path(output.png).parent),
     log:
         W("logs/plots/sft_efficiency.log"),
@@ -111,7 +113,7 @@ rule calibration_table:
         csv=W("tables/calibration/{dataset}_{backbone}.csv"),
         md=W("tables/calibration/{dataset}_{backbone}.md"),
     params:
-        code_version=stage_version("report"),  # an edit of the report code rebuilds this output
+        code_version=REPORT_CODE_VERSION,
         alpha=lambda w: config["calibration"]["alpha"],
         max_splits=lambda w: config["calibration"]["max_splits"],
         seed=config["report"]["seed"],
